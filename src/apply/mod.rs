@@ -1,0 +1,726 @@
+//! IO: applies decided sync actions to the target, one target transaction per
+//! batch of source transactions.
+//!
+//! # Transactions and progress
+//!
+//! [`Applier::begin`] opens a target transaction lazily, at the first change
+//! that needs a write. [`Applier::commit`] writes the progress row (the end LSN
+//! of the last source transaction in the batch) in that same transaction and
+//! commits; only after it returns may the caller report the LSN as flushed.
+//! Today every source transaction is its own batch; the seam allows several
+//! (`commit` takes the last end LSN, state carries no per-source-txn data).
+//!
+//! Changes stream through: nothing of a source transaction is held in memory
+//! except, with a separate target, the ids whose `calendar_synced_at` must be
+//! written after the target commit (16 bytes each).
+//!
+//! # One bad row
+//!
+//! Each change runs under a savepoint. A row-permanent failure (invalid data,
+//! constraint violation) rolls back to it, records the failure
+//! (`calendar_sync_failures` + a `failed` log row) and the stream goes on. Any
+//! other error is returned and the caller rolls the whole batch back.
+//!
+//! # Echo
+//!
+//! Writing `interaction.calendar_synced_at` feeds the stream back to itself. Every
+//! transaction of ours that writes to the source starts with a transactional
+//! logical message (`pg_logical_emit_message(true, ECHO_PREFIX, slot)`); the
+//! stream ignores every transaction that carries it. `pg_logical_emit_message`
+//! needs no privilege beyond the role's (PostgreSQL docs, "Replication
+//! Management Functions"), unlike replication origins.
+
+mod log;
+pub mod sql;
+
+use std::borrow::Cow;
+
+use chrono::{DateTime, NaiveTime, Utc};
+use tokio_postgres::types::PgLsn;
+use tokio_postgres::{Client, Row};
+use uuid::Uuid;
+
+use crate::changes::Party;
+use crate::config::Config;
+use crate::error::{classify_pg, describe_pg, ErrorClass, SyncError};
+use crate::lsn::Lsn;
+use crate::mapping::fields::{contact_name, participants};
+use crate::mapping::rules::{decide, Change};
+use crate::mapping::{Action, Decision, EventFields, EventStatus, InteractionRow, RowError, Toast};
+use crate::metrics::{Metrics, Status};
+
+/// Prefix of the transactional logical message that marks our own transactions.
+pub const ECHO_PREFIX: &str = "calendar_sync.echo";
+
+/// What the applier knows of the batch it is in.
+enum TxnState {
+    Idle,
+    Open {
+        /// Commit LSN (Begin `final_lsn`) of the source transaction being applied.
+        source_lsn: Lsn,
+        commit_ts: DateTime<Utc>,
+        /// Target transaction started (lazily, at the first write).
+        target_open: bool,
+        /// Separate target only: ids to stamp after the target commit.
+        synced: Vec<Uuid>,
+        /// Counted into the metrics only once committed.
+        counts: Vec<(Action, Status)>,
+    },
+}
+
+/// Applies changes to the target. See the module docs.
+pub struct Applier {
+    target: Client,
+    source: Client,
+    t: sql::TargetStatements,
+    s: sql::SourceStatements,
+    slot: String,
+    window: chrono::Duration,
+    tz: chrono_tz::Tz,
+    same_db: bool,
+    write_synced_at: bool,
+    state: TxnState,
+    metrics: Metrics,
+}
+
+fn db(context: &'static str) -> impl Fn(tokio_postgres::Error) -> SyncError {
+    move |e| SyncError::db(context, e)
+}
+
+/// Failure of one change: permanent for the row, or for the whole batch.
+enum ChangeError {
+    Row(String),
+    Batch(SyncError),
+}
+
+impl From<RowError> for ChangeError {
+    fn from(e: RowError) -> Self {
+        ChangeError::Row(e.to_string())
+    }
+}
+
+impl From<tokio_postgres::Error> for ChangeError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        match classify_pg(&e) {
+            ErrorClass::RowPermanent => ChangeError::Row(describe_pg(&e)),
+            _ => ChangeError::Batch(SyncError::db("applying a change", e)),
+        }
+    }
+}
+
+impl Applier {
+    /// `target` and `source` are distinct sessions (also when they are the same
+    /// database): `source` is used for lookups and, with a separate target, for
+    /// stamping `calendar_synced_at`.
+    pub async fn new(
+        cfg: &Config,
+        target: Client,
+        source: Client,
+        metrics: Metrics,
+    ) -> Result<Applier, SyncError> {
+        let same_db = cfg.same_database();
+        let t = sql::prepare_target(&target, same_db && cfg.write_synced_at)
+            .await
+            .map_err(db(
+                "preparing target statements (has `calendar-sync migrate` run?)",
+            ))?;
+        let s = sql::prepare_source(&source, &cfg.participants)
+            .await
+            .map_err(db(
+                "preparing source statements (are customer and contact as configured?)",
+            ))?;
+        Ok(Applier {
+            target,
+            source,
+            t,
+            s,
+            slot: cfg.slot.clone(),
+            window: cfg.window,
+            tz: cfg.timezone,
+            same_db,
+            write_synced_at: cfg.write_synced_at,
+            state: TxnState::Idle,
+            metrics,
+        })
+    }
+
+    /// Starts applying the source transaction committed at `source_lsn` / `commit_ts`.
+    pub fn begin(&mut self, source_lsn: Lsn, commit_ts: DateTime<Utc>) {
+        debug_assert!(
+            matches!(self.state, TxnState::Idle),
+            "begin inside an open batch"
+        );
+        self.state = TxnState::Open {
+            source_lsn,
+            commit_ts,
+            target_open: false,
+            synced: Vec::new(),
+            counts: Vec::new(),
+        };
+    }
+
+    pub fn is_open(&self) -> bool {
+        matches!(self.state, TxnState::Open { .. })
+    }
+
+    /// Opens the target transaction now, so that `commit` writes the progress
+    /// row even if no change follows (the initial snapshot of an empty table).
+    pub async fn open(&mut self) -> Result<(), SyncError> {
+        self.ensure_target_txn().await.map(|_| ())
+    }
+
+    /// Opens the target transaction if it is not open yet.
+    async fn ensure_target_txn(&mut self) -> Result<(Lsn, DateTime<Utc>), SyncError> {
+        let TxnState::Open {
+            source_lsn,
+            commit_ts,
+            target_open,
+            ..
+        } = &mut self.state
+        else {
+            return Err(SyncError::fatal(
+                "a change arrived outside a transaction",
+                "this is a bug: report it with the log",
+            ));
+        };
+        let at = (*source_lsn, *commit_ts);
+        if !*target_open {
+            self.target
+                .batch_execute("begin")
+                .await
+                .map_err(db("beginning the target transaction"))?;
+            *target_open = true;
+            if self.same_db && self.write_synced_at {
+                self.target
+                    .query_one(&self.t.emit_echo_marker, &[&ECHO_PREFIX, &self.slot])
+                    .await
+                    .map_err(db("marking the target transaction as calendar-sync's own"))?;
+            }
+        }
+        Ok(at)
+    }
+
+    /// INSERT or UPDATE of an interaction. `participants`: precomputed (snapshot)
+    /// or `None` to look them up now. `row` may be a decode failure of the row
+    /// with its id, recorded as a failure.
+    pub async fn upsert(
+        &mut self,
+        id: Uuid,
+        row: Result<InteractionRow, RowError>,
+        participants: Option<Vec<String>>,
+    ) -> Result<(), SyncError> {
+        let (lsn, ts) = self.ensure_target_txn().await?;
+        self.savepoint().await?;
+        let result = self.try_upsert(id, &row, participants, lsn, ts).await;
+        let fallback_by = row
+            .as_ref()
+            .map(|r| r.updated_by.unwrap_or(r.created_by))
+            .ok();
+        self.finish_change(id, result, fallback_by, lsn).await
+    }
+
+    /// DELETE of an interaction: a true hard delete of its event.
+    pub async fn delete(&mut self, id: Uuid) -> Result<(), SyncError> {
+        let (lsn, ts) = self.ensure_target_txn().await?;
+        self.savepoint().await?;
+        let result = async {
+            let existing = self.target.query_opt(&self.t.select_event, &[&id]).await?;
+            let existing = existing.as_ref().map(event_from_row).transpose()?;
+            let decision = decide(
+                &Change::Delete,
+                existing.as_ref().map(|e| &e.1),
+                ts,
+                self.window,
+                self.tz,
+            )?;
+            self.write(id, decision, existing, lsn).await
+        }
+        .await;
+        self.finish_change(id, result, None, lsn).await
+    }
+
+    /// TRUNCATE of interaction: every interaction event goes, one log row each.
+    pub async fn truncate(&mut self) -> Result<(), SyncError> {
+        let (lsn, _) = self.ensure_target_txn().await?;
+        let n = self
+            .target
+            .execute(&self.t.truncate_events, &[&PgLsn::from(lsn)])
+            .await
+            .map_err(db("deleting events after TRUNCATE interaction"))?;
+        tracing::info!(events = n, lsn = %lsn, "interaction truncated: deleted its events");
+        if let TxnState::Open { counts, .. } = &mut self.state {
+            counts.extend(std::iter::repeat_n(
+                (Action::Delete, Status::Success),
+                n as usize,
+            ));
+        }
+        Ok(())
+    }
+
+    /// A customer or contact row changed (or was deleted: `name` is `None`):
+    /// refresh `participants` of the events that show it.
+    pub async fn party_changed(
+        &mut self,
+        party: Party,
+        id: Uuid,
+        name: Option<String>,
+    ) -> Result<(), SyncError> {
+        let (lsn, _) = self.ensure_target_txn().await?;
+        let stmt = match party {
+            Party::Customer => &self.t.events_of_customer,
+            Party::Contact => &self.t.events_of_contact,
+        };
+        let rows = self
+            .target
+            .query(stmt, &[&id])
+            .await
+            .map_err(db("finding events of a renamed customer/contact"))?;
+        for row in rows {
+            let (event_id, fields) = event_from_row(&row).map_err(|e| {
+                SyncError::fatal(
+                    format!("reading calendar_events: {e}"),
+                    "check the calendar_events schema",
+                )
+            })?;
+            let interaction_id: Uuid = row
+                .try_get("related_id")
+                .map_err(db("reading calendar_events.related_id"))?;
+            let (customer_name, contact) = self
+                .lookup_names(fields.customer_id, fields.contact_id)
+                .await
+                .map_err(db("looking up participant names"))?;
+            let (customer_name, contact) = match party {
+                Party::Customer => (name.clone(), contact),
+                Party::Contact => (customer_name, name.clone()),
+            };
+            let wanted = participants(customer_name, contact);
+            if wanted == fields.participants {
+                continue;
+            }
+            let n = self
+                .target
+                .execute(
+                    &self.t.set_participants,
+                    &[&event_id, &wanted, &PgLsn::from(lsn)],
+                )
+                .await
+                .map_err(db("refreshing participants"))?;
+            if n == 1 {
+                let by = fields.updated_by.unwrap_or(fields.created_by);
+                self.log(
+                    interaction_id,
+                    Some(event_id),
+                    Action::Update,
+                    Status::Success,
+                    None,
+                    by,
+                    lsn,
+                )
+                .await
+                .map_err(db("writing calendar_sync_log"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the batch: writes the progress row (`end_lsn`, the end of the last
+    /// source transaction) and commits. Returns whether anything was written.
+    /// Only after this returns may `end_lsn` be reported as flushed.
+    pub async fn commit(&mut self, end_lsn: Lsn) -> Result<bool, SyncError> {
+        let state = std::mem::replace(&mut self.state, TxnState::Idle);
+        let TxnState::Open {
+            target_open,
+            synced,
+            counts,
+            commit_ts,
+            ..
+        } = state
+        else {
+            return Ok(false);
+        };
+        if !target_open {
+            return Ok(false);
+        }
+        let n = self
+            .target
+            .execute(
+                &self.t.write_progress,
+                &[&self.slot, &PgLsn::from(end_lsn), &commit_ts],
+            )
+            .await
+            .map_err(db("writing calendar_sync_progress"))?;
+        // Invariant: progress never decreases. A lower end LSN here means a
+        // transaction at or below the stored progress reached apply.
+        assert_eq!(
+            n, 1,
+            "progress would move backwards to {end_lsn}: refusing to commit"
+        );
+        self.target
+            .batch_execute("commit")
+            .await
+            .map_err(db("committing the target transaction"))?;
+        for (action, status) in counts {
+            self.metrics.action(action, status);
+        }
+        self.metrics.transaction_applied(end_lsn, commit_ts);
+        if !synced.is_empty() {
+            self.stamp_source(&synced).await;
+        }
+        Ok(true)
+    }
+
+    /// Abandons the batch (after an error): nothing of it stays in the target.
+    pub async fn rollback(&mut self) {
+        let state = std::mem::replace(&mut self.state, TxnState::Idle);
+        if let TxnState::Open {
+            target_open: true, ..
+        } = state
+        {
+            if let Err(e) = self.target.batch_execute("rollback").await {
+                tracing::debug!(error = %e, "rollback failed; the connection is gone and so is the transaction");
+            }
+        }
+    }
+
+    /// Separate target: `calendar_synced_at` in the source, after the target
+    /// commit, in our own marked transaction. Best effort: the calendar is
+    /// already right; a failure here only leaves the stamp old.
+    async fn stamp_source(&self, ids: &[Uuid]) {
+        let result = async {
+            self.source.batch_execute("begin").await?;
+            self.source
+                .query_one(&self.s.emit_echo_marker, &[&ECHO_PREFIX, &self.slot])
+                .await?;
+            self.source
+                .execute(&self.s.mark_synced_many, &[&ids])
+                .await?;
+            self.source.batch_execute("commit").await
+        }
+        .await;
+        if let Err(e) = result {
+            let _ = self.source.batch_execute("rollback").await;
+            tracing::warn!(error = %describe_pg(&e), rows = ids.len(), "could not write interaction.calendar_synced_at in the source; the events are synced");
+        }
+    }
+
+    async fn savepoint(&self) -> Result<(), SyncError> {
+        self.target
+            .batch_execute("savepoint change")
+            .await
+            .map_err(db("setting a savepoint"))
+    }
+
+    async fn try_upsert(
+        &mut self,
+        id: Uuid,
+        row: &Result<InteractionRow, RowError>,
+        participants_given: Option<Vec<String>>,
+        lsn: Lsn,
+        ts: DateTime<Utc>,
+    ) -> Result<Option<Action>, ChangeError> {
+        let existing = self.target.query_opt(&self.t.select_event, &[&id]).await?;
+        let existing = existing.as_ref().map(event_from_row).transpose()?;
+        let row = match row {
+            Ok(r) => r,
+            Err(e) => return Err(ChangeError::Row(e.to_string())),
+        };
+        let mut row = Cow::Borrowed(row);
+        if row.description == Toast::Unchanged && existing.is_none() {
+            // An event may be created from an UPDATE that did not carry the
+            // (TOASTed) description: read the real one from the source.
+            let d = self.source.query_opt(&self.s.description, &[&id]).await?;
+            row.to_mut().description = Toast::Value(d.and_then(|r| r.get::<_, Option<String>>(0)));
+        }
+        let participants = match participants_given {
+            Some(p) => p,
+            None => {
+                let (c, t) = self.lookup_names(row.customer_id, row.contact_id).await?;
+                participants(c, t)
+            }
+        };
+        let change = Change::Upsert {
+            row: &row,
+            participants,
+        };
+        let decision = decide(
+            &change,
+            existing.as_ref().map(|e| &e.1),
+            ts,
+            self.window,
+            self.tz,
+        )?;
+        self.write(id, decision, existing, lsn).await
+    }
+
+    async fn lookup_names(
+        &self,
+        customer: Option<Uuid>,
+        contact: Option<Uuid>,
+    ) -> Result<(Option<String>, Option<String>), tokio_postgres::Error> {
+        if customer.is_none() && contact.is_none() {
+            return Ok((None, None));
+        }
+        let r = self
+            .source
+            .query_one(&self.s.participants, &[&customer, &contact])
+            .await?;
+        let first: Option<String> = r.get(1);
+        let last: Option<String> = r.get(2);
+        let email: Option<String> = r.get(3);
+        let contact = contact.and(contact_name(
+            first.as_deref(),
+            last.as_deref(),
+            email.as_deref(),
+        ));
+        Ok((r.get(0), contact))
+    }
+
+    /// Writes one decision. Returns the logged action; `None` when nothing was written.
+    async fn write(
+        &mut self,
+        id: Uuid,
+        decision: Decision,
+        existing: Option<(Uuid, EventFields)>,
+        lsn: Lsn,
+    ) -> Result<Option<Action>, ChangeError> {
+        let pg_lsn = PgLsn::from(lsn);
+        let (action, event_id, by) = match decision {
+            Decision::Skip(skip) => {
+                tracing::trace!(interaction = %id, ?skip, "nothing to write");
+                return Ok(None);
+            }
+            Decision::Create(f) => {
+                let r = self
+                    .target
+                    .query_one(
+                        &self.t.insert_event,
+                        &[
+                            &f.title,
+                            &f.description,
+                            &f.event_date,
+                            &f.start_time,
+                            &f.end_time,
+                            &f.all_day,
+                            &f.event_type,
+                            &f.event_status.as_str(),
+                            &f.location,
+                            &f.participants,
+                            &f.created_by,
+                            &f.updated_by,
+                            &f.created_at,
+                            &f.updated_at,
+                            &f.customer_id,
+                            &f.contact_id,
+                            &id,
+                            &pg_lsn,
+                        ],
+                    )
+                    .await?;
+                (
+                    Action::Create,
+                    r.get::<_, Uuid>(0),
+                    f.updated_by.unwrap_or(f.created_by),
+                )
+            }
+            Decision::Update { action, fields: f } => {
+                let Some((event_id, _)) = existing else {
+                    return Err(ChangeError::Batch(SyncError::fatal(
+                        "decided an update without an event",
+                        "this is a bug: report it",
+                    )));
+                };
+                let n = self
+                    .target
+                    .execute(
+                        &self.t.update_event,
+                        &[
+                            &event_id,
+                            &f.title,
+                            &f.description,
+                            &f.event_date,
+                            &f.start_time,
+                            &f.end_time,
+                            &f.all_day,
+                            &f.event_type,
+                            &f.event_status.as_str(),
+                            &f.location,
+                            &f.participants,
+                            &f.created_by,
+                            &f.updated_by,
+                            &f.created_at,
+                            &f.updated_at,
+                            &f.customer_id,
+                            &f.contact_id,
+                            &pg_lsn,
+                        ],
+                    )
+                    .await?;
+                if n == 0 {
+                    tracing::warn!(interaction = %id, lsn = %lsn, "refused to overwrite an event written by a later source transaction");
+                    return Ok(None);
+                }
+                (action, event_id, f.updated_by.unwrap_or(f.created_by))
+            }
+            Decision::Delete => {
+                let Some((event_id, f)) = existing else {
+                    return Err(ChangeError::Batch(SyncError::fatal(
+                        "decided a delete without an event",
+                        "this is a bug: report it",
+                    )));
+                };
+                self.target
+                    .execute(&self.t.delete_event, &[&event_id])
+                    .await?;
+                (
+                    Action::Delete,
+                    event_id,
+                    f.updated_by.unwrap_or(f.created_by),
+                )
+            }
+        };
+        self.log(id, Some(event_id), action, Status::Success, None, by, lsn)
+            .await?;
+        self.target
+            .execute(&self.t.resolve_failures, &[&id])
+            .await?;
+        if action != Action::Delete && self.write_synced_at {
+            match &self.t.mark_synced {
+                Some(stmt) => {
+                    self.target.execute(stmt, &[&id]).await?;
+                }
+                None => {
+                    if let TxnState::Open { synced, .. } = &mut self.state {
+                        synced.push(id);
+                    }
+                }
+            }
+        }
+        Ok(Some(action))
+    }
+
+    /// Releases the savepoint, or on a row failure rolls back to it and records
+    /// the failure.
+    async fn finish_change(
+        &mut self,
+        id: Uuid,
+        result: Result<Option<Action>, ChangeError>,
+        fallback_by: Option<Uuid>,
+        lsn: Lsn,
+    ) -> Result<(), SyncError> {
+        match result {
+            Ok(action) => {
+                if let (Some(action), TxnState::Open { counts, .. }) = (action, &mut self.state) {
+                    counts.push((action, Status::Success));
+                }
+                self.target
+                    .batch_execute("release savepoint change")
+                    .await
+                    .map_err(db("releasing a savepoint"))
+            }
+            Err(ChangeError::Batch(e)) => Err(e),
+            Err(ChangeError::Row(message)) => {
+                self.target
+                    .batch_execute("rollback to savepoint change")
+                    .await
+                    .map_err(db("rolling back to a savepoint"))?;
+                let existing = self
+                    .target
+                    .query_opt(&self.t.select_event, &[&id])
+                    .await
+                    .map_err(db("re-reading an event"))?;
+                let existing = existing
+                    .as_ref()
+                    .map(event_from_row)
+                    .transpose()
+                    .ok()
+                    .flatten();
+                let action = if existing.is_some() {
+                    Action::Update
+                } else {
+                    Action::Create
+                };
+                let by = fallback_by
+                    .or(existing
+                        .as_ref()
+                        .map(|(_, f)| f.updated_by.unwrap_or(f.created_by)))
+                    .unwrap_or(Uuid::nil());
+                tracing::warn!(interaction = %id, lsn = %lsn, error = %message, "change failed; recorded in calendar_sync_failures, stream goes on");
+                log::record_failure(&self.target, &self.t, id, action, &message)
+                    .await
+                    .map_err(db("writing calendar_sync_failures"))?;
+                self.log(
+                    id,
+                    existing.map(|(e, _)| e),
+                    action,
+                    Status::Failed,
+                    Some(&message),
+                    by,
+                    lsn,
+                )
+                .await
+                .map_err(db("writing calendar_sync_log"))?;
+                if let TxnState::Open { counts, .. } = &mut self.state {
+                    counts.push((action, Status::Failed));
+                }
+                self.target
+                    .batch_execute("release savepoint change")
+                    .await
+                    .map_err(db("releasing a savepoint"))
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn log(
+        &self,
+        interaction: Uuid,
+        event: Option<Uuid>,
+        action: Action,
+        status: Status,
+        error: Option<&str>,
+        by: Uuid,
+        lsn: Lsn,
+    ) -> Result<(), tokio_postgres::Error> {
+        log::insert_log(
+            &self.target,
+            &self.t,
+            interaction,
+            event,
+            action,
+            status,
+            error,
+            by,
+            lsn,
+        )
+        .await
+    }
+}
+
+/// Reads `(event_id, mapped fields)` from a row selected with `EVENT_COLUMNS`.
+fn event_from_row(r: &Row) -> Result<(Uuid, EventFields), tokio_postgres::Error> {
+    let status: Option<String> = r.try_get("event_status")?;
+    let start: Option<NaiveTime> = r.try_get("start_time")?;
+    let participants: Option<Vec<String>> = r.try_get("participants")?;
+    let event_date: DateTime<Utc> = r.try_get("event_date")?;
+    Ok((
+        r.try_get("event_id")?,
+        EventFields {
+            title: r.try_get("title")?,
+            description: r.try_get("description")?,
+            event_date,
+            start_time: start.unwrap_or_default(),
+            end_time: r.try_get("end_time")?,
+            all_day: r.try_get::<_, Option<bool>>("all_day")?.unwrap_or(false),
+            event_type: r.try_get("event_type")?,
+            event_status: EventStatus::from_db(status.as_deref()),
+            location: r.try_get("location")?,
+            participants: participants.unwrap_or_default(),
+            created_by: r.try_get("created_by")?,
+            updated_by: r.try_get("updated_by")?,
+            created_at: r.try_get("created_at")?,
+            updated_at: r.try_get("updated_at")?,
+            customer_id: r.try_get("customer_id")?,
+            contact_id: r.try_get("contact_id")?,
+        },
+    ))
+}

@@ -1,0 +1,178 @@
+//! Every statement of the apply path, prepared once per connection.
+
+use tokio_postgres::{Client, Statement};
+
+use crate::config::ParticipantSchema;
+use crate::db::quote_ident;
+
+/// Columns of `calendar_events` read back as [`crate::mapping::EventFields`].
+pub const EVENT_COLUMNS: &str = "event_id, title, description, event_date, start_time, end_time, all_day, \
+     event_type, event_status, location, participants, created_by, updated_by, created_at, updated_at, \
+     customer_id, contact_id";
+
+/// Statements on the target connection.
+pub struct TargetStatements {
+    pub select_event: Statement,
+    pub insert_event: Statement,
+    pub update_event: Statement,
+    pub delete_event: Statement,
+    pub events_of_customer: Statement,
+    pub events_of_contact: Statement,
+    pub set_participants: Statement,
+    pub truncate_events: Statement,
+    pub insert_log: Statement,
+    pub resolve_failures: Statement,
+    pub record_failure: Statement,
+    pub write_progress: Statement,
+    /// Same-database mode only: `interaction.calendar_synced_at` inside the
+    /// target transaction.
+    pub mark_synced: Option<Statement>,
+    pub emit_echo_marker: Statement,
+}
+
+/// Statements on the source (lookup) connection.
+pub struct SourceStatements {
+    pub participants: Statement,
+    pub description: Statement,
+    pub mark_synced_many: Statement,
+    pub emit_echo_marker: Statement,
+}
+
+pub async fn prepare_target(
+    c: &Client,
+    same_db: bool,
+) -> Result<TargetStatements, tokio_postgres::Error> {
+    Ok(TargetStatements {
+        select_event: c
+            .prepare(&format!(
+                "select {EVENT_COLUMNS} from calendar_events
+                  where related_table = 'interaction' and related_id = $1 for update"
+            ))
+            .await?,
+        insert_event: c
+            .prepare(
+                "insert into calendar_events (title, description, event_date, start_time, end_time, all_day,
+                     event_type, event_status, location, participants, created_by, updated_by, created_at,
+                     updated_at, customer_id, contact_id, related_table, related_id, synced_from,
+                     last_synced_at, source_lsn)
+                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                     'interaction', $17, 'interaction', now(), $18)
+                 returning event_id",
+            )
+            .await?,
+        // The source_lsn guard refuses a write from an older source transaction.
+        update_event: c
+            .prepare(
+                "update calendar_events set title = $2, description = $3, event_date = $4, start_time = $5,
+                     end_time = $6, all_day = $7, event_type = $8, event_status = $9, location = $10,
+                     participants = $11, created_by = $12, updated_by = $13, created_at = $14,
+                     updated_at = $15, customer_id = $16, contact_id = $17, last_synced_at = now(),
+                     source_lsn = $18
+                  where event_id = $1 and (source_lsn is null or source_lsn <= $18)",
+            )
+            .await?,
+        delete_event: c.prepare("delete from calendar_events where event_id = $1").await?,
+        events_of_customer: c
+            .prepare(&format!(
+                "select {EVENT_COLUMNS}, related_id from calendar_events
+                  where related_table = 'interaction' and customer_id = $1 order by event_id for update"
+            ))
+            .await?,
+        events_of_contact: c
+            .prepare(&format!(
+                "select {EVENT_COLUMNS}, related_id from calendar_events
+                  where related_table = 'interaction' and contact_id = $1 order by event_id for update"
+            ))
+            .await?,
+        set_participants: c
+            .prepare(
+                "update calendar_events set participants = $2, last_synced_at = now(), source_lsn = $3
+                  where event_id = $1 and (source_lsn is null or source_lsn <= $3)",
+            )
+            .await?,
+        // One log row per deleted event (contract §2, TRUNCATE), set-based.
+        truncate_events: c
+            .prepare(
+                "with gone as (
+                     delete from calendar_events where related_table = 'interaction'
+                     returning event_id, related_id, coalesce(updated_by, created_by) as by)
+                 insert into calendar_sync_log (interaction_id, event_id, action, status, created_by, source_lsn)
+                 select related_id, event_id, 'delete', 'success', by, $1 from gone",
+            )
+            .await?,
+        insert_log: c
+            .prepare(
+                "insert into calendar_sync_log (interaction_id, event_id, action, status, error_message,
+                     created_by, source_lsn)
+                 values ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .await?,
+        resolve_failures: c
+            .prepare("update calendar_sync_failures set resolved = true where interaction_id = $1 and not resolved")
+            .await?,
+        // One open failure per interaction: a new failure updates it (contract §7).
+        record_failure: c
+            .prepare(
+                "insert into calendar_sync_failures (interaction_id, action, error_message, error_stack, next_retry_at)
+                 values ($1, $2, $3, $4, now() + interval '30 seconds')
+                 on conflict (interaction_id) where not resolved do update
+                    set action = excluded.action, error_message = excluded.error_message,
+                        error_stack = excluded.error_stack",
+            )
+            .await?,
+        write_progress: c
+            .prepare(
+                "insert into calendar_sync_progress (slot_name, lsn, commit_time, snapshot_lsn, snapshot_at)
+                 values ($1, $2, $3, $2, now())
+                 on conflict (slot_name) do update
+                    set lsn = excluded.lsn, commit_time = excluded.commit_time, updated_at = now()
+                  where calendar_sync_progress.lsn <= excluded.lsn",
+            )
+            .await?,
+        mark_synced: if same_db {
+            Some(
+                c.prepare("update interaction set calendar_synced_at = now() where interaction_id = $1")
+                    .await?,
+            )
+        } else {
+            None
+        },
+        emit_echo_marker: c.prepare("select pg_logical_emit_message(true, $1, $2)::text").await?,
+    })
+}
+
+pub async fn prepare_source(
+    c: &Client,
+    p: &ParticipantSchema,
+) -> Result<SourceStatements, tokio_postgres::Error> {
+    let q = quote_ident;
+    Ok(SourceStatements {
+        participants: c
+            .prepare(&format!(
+                "select cu.{cname}::text, co.{first}::text, co.{last}::text, co.{email}::text
+                   from (select 1) as one
+                   left join {customer} as cu on cu.{cid} = $1
+                   left join {contact} as co on co.{tid} = $2",
+                cname = q(&p.customer_name),
+                first = q(&p.contact_first_name),
+                last = q(&p.contact_last_name),
+                email = q(&p.contact_email),
+                customer = q(&p.customer_table),
+                cid = q(&p.customer_id),
+                contact = q(&p.contact_table),
+                tid = q(&p.contact_id),
+            ))
+            .await?,
+        description: c
+            .prepare("select description from interaction where interaction_id = $1")
+            .await?,
+        mark_synced_many: c
+            .prepare(
+                "update interaction set calendar_synced_at = now() where interaction_id = any($1)",
+            )
+            .await?,
+        emit_echo_marker: c
+            .prepare("select pg_logical_emit_message(true, $1, $2)::text")
+            .await?,
+    })
+}

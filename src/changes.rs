@@ -1,0 +1,421 @@
+//! PURE: pgoutput messages -> source changes calendar-sync acts on.
+//!
+//! Keeps the relation cache (pgoutput sends a Relation message before the first
+//! change of a table in a session, and again after its schema changes; see
+//! PostgreSQL's `pgoutput.c`, `maybe_send_schema`). Columns are found by name
+//! on every Relation message, so an added or dropped unmapped column changes
+//! nothing, while a missing or retyped mapped one is a clear error.
+
+use std::collections::HashMap;
+
+use uuid::Uuid;
+
+use crate::config::ParticipantSchema;
+use crate::mapping::value;
+use crate::mapping::{InteractionColumns, InteractionRow, RowError, SchemaError};
+use crate::pgoutput::{DecodeError, Message, OldTuple, Relation, RelationId, Tuple, TupleValue};
+
+/// Which participant source table changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Party {
+    Customer,
+    Contact,
+}
+
+/// One change calendar-sync acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceChange {
+    /// INSERT or UPDATE. `row` is `Err` when the row's values cannot be mapped
+    /// (recorded as a failure of interaction `id`).
+    InteractionUpsert {
+        id: Uuid,
+        row: Result<InteractionRow, RowError>,
+    },
+    InteractionDelete {
+        id: Uuid,
+    },
+    InteractionTruncate,
+    /// A customer or contact was inserted, updated or deleted (`name: None`).
+    PartyChanged {
+        party: Party,
+        id: Uuid,
+        name: Option<String>,
+    },
+}
+
+/// The stream cannot go on: bytes or schema do not make sense.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    #[error("malformed pgoutput message: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("change for relation id {0} arrived before its Relation message")]
+    UnknownRelation(RelationId),
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    #[error("{table}.{column}: expected {expected} in a key, got {found:?}")]
+    BadKey {
+        table: String,
+        column: String,
+        expected: &'static str,
+        found: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+enum TableMap {
+    Interaction(InteractionColumns),
+    Party {
+        party: Party,
+        id: usize,
+        names: Vec<usize>,
+        table: String,
+        id_column: String,
+    },
+    Other,
+}
+
+/// Relation id -> how to read that table's tuples.
+#[derive(Debug, Clone)]
+pub struct RelationCache {
+    schema: ParticipantSchema,
+    tables: HashMap<RelationId, TableMap>,
+}
+
+fn position(rel: &Relation, column: &str) -> Result<usize, SchemaError> {
+    rel.columns
+        .iter()
+        .position(|c| c.name == column)
+        .ok_or_else(|| SchemaError::MissingColumn {
+            table: rel.name.clone(),
+            column: column.to_string(),
+        })
+}
+
+impl RelationCache {
+    pub fn new(schema: ParticipantSchema) -> Self {
+        RelationCache {
+            schema,
+            tables: HashMap::new(),
+        }
+    }
+
+    /// Learns (or re-learns after DDL) a table's columns.
+    pub fn on_relation(&mut self, rel: &Relation) -> Result<(), StreamError> {
+        let s = &self.schema;
+        let map = if rel.name == "interaction" {
+            TableMap::Interaction(InteractionColumns::from_relation(rel)?)
+        } else if rel.name == s.customer_table {
+            TableMap::Party {
+                party: Party::Customer,
+                id: position(rel, &s.customer_id)?,
+                names: vec![position(rel, &s.customer_name)?],
+                table: rel.name.clone(),
+                id_column: s.customer_id.clone(),
+            }
+        } else if rel.name == s.contact_table {
+            TableMap::Party {
+                party: Party::Contact,
+                id: position(rel, &s.contact_id)?,
+                names: vec![
+                    position(rel, &s.contact_first_name)?,
+                    position(rel, &s.contact_last_name)?,
+                    position(rel, &s.contact_email)?,
+                ],
+                table: rel.name.clone(),
+                id_column: s.contact_id.clone(),
+            }
+        } else {
+            TableMap::Other
+        };
+        self.tables.insert(rel.id, map);
+        Ok(())
+    }
+
+    fn table(&self, id: RelationId) -> Result<&TableMap, StreamError> {
+        self.tables.get(&id).ok_or(StreamError::UnknownRelation(id))
+    }
+
+    /// The changes one data message means (an UPDATE that changes the key is a
+    /// delete of the old id and an upsert of the new one).
+    pub fn changes(&self, msg: &Message) -> Result<Vec<SourceChange>, StreamError> {
+        match msg {
+            Message::Insert(i) => match self.table(i.relation_id)? {
+                TableMap::Interaction(cols) => Ok(vec![upsert(cols, &i.new)?]),
+                TableMap::Party {
+                    party,
+                    id,
+                    names,
+                    table,
+                    id_column,
+                } => Ok(vec![party_change(
+                    *party,
+                    &i.new,
+                    *id,
+                    Some(names),
+                    table,
+                    id_column,
+                )?]),
+                TableMap::Other => Ok(vec![]),
+            },
+            Message::Update(u) => match self.table(u.relation_id)? {
+                TableMap::Interaction(cols) => {
+                    let new = upsert(cols, &u.new)?;
+                    let old_id = match &u.old {
+                        Some(OldTuple::Key(t) | OldTuple::Full(t)) => Some(key(cols, t)?),
+                        None => None,
+                    };
+                    match (old_id, &new) {
+                        (Some(old), SourceChange::InteractionUpsert { id, .. }) if old != *id => {
+                            Ok(vec![SourceChange::InteractionDelete { id: old }, new])
+                        }
+                        _ => Ok(vec![new]),
+                    }
+                }
+                TableMap::Party {
+                    party,
+                    id,
+                    names,
+                    table,
+                    id_column,
+                } => Ok(vec![party_change(
+                    *party,
+                    &u.new,
+                    *id,
+                    Some(names),
+                    table,
+                    id_column,
+                )?]),
+                TableMap::Other => Ok(vec![]),
+            },
+            Message::Delete(d) => {
+                let old = match &d.old {
+                    OldTuple::Key(t) | OldTuple::Full(t) => t,
+                };
+                match self.table(d.relation_id)? {
+                    TableMap::Interaction(cols) => Ok(vec![SourceChange::InteractionDelete {
+                        id: key(cols, old)?,
+                    }]),
+                    TableMap::Party {
+                        party,
+                        id,
+                        table,
+                        id_column,
+                        ..
+                    } => Ok(vec![party_change(
+                        *party, old, *id, None, table, id_column,
+                    )?]),
+                    TableMap::Other => Ok(vec![]),
+                }
+            }
+            Message::Truncate(t) => {
+                let mut out = Vec::new();
+                for id in &t.relation_ids {
+                    if let TableMap::Interaction(_) = self.table(*id)? {
+                        out.push(SourceChange::InteractionTruncate);
+                    }
+                }
+                Ok(out)
+            }
+            _ => Ok(vec![]),
+        }
+    }
+}
+
+fn key(cols: &InteractionColumns, t: &Tuple) -> Result<Uuid, StreamError> {
+    cols.key(t).map_err(|e| StreamError::BadKey {
+        table: "interaction".into(),
+        column: "interaction_id".into(),
+        expected: "a UUID",
+        found: e.to_string(),
+    })
+}
+
+fn upsert(cols: &InteractionColumns, t: &Tuple) -> Result<SourceChange, StreamError> {
+    Ok(SourceChange::InteractionUpsert {
+        id: key(cols, t)?,
+        row: cols.row(t),
+    })
+}
+
+fn text(t: &Tuple, pos: usize) -> Option<&str> {
+    match t.0.get(pos) {
+        Some(TupleValue::Text(b)) => std::str::from_utf8(b).ok(),
+        _ => None,
+    }
+}
+
+fn party_change(
+    party: Party,
+    t: &Tuple,
+    id_pos: usize,
+    names: Option<&Vec<usize>>,
+    table: &str,
+    id_column: &str,
+) -> Result<SourceChange, StreamError> {
+    let raw = text(t, id_pos).unwrap_or("");
+    let id = value::parse_uuid(raw).map_err(|b| StreamError::BadKey {
+        table: table.to_string(),
+        column: id_column.to_string(),
+        expected: b.expected,
+        found: b.found,
+    })?;
+    let name = names.and_then(|names| match party {
+        Party::Customer => names.first().and_then(|p| text(t, *p)).map(str::to_string),
+        Party::Contact => {
+            let get = |i: usize| names.get(i).and_then(|p| text(t, *p));
+            crate::mapping::fields::contact_name(get(0), get(1), get(2))
+        }
+    });
+    Ok(SourceChange::PartyChanged { party, id, name })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::interaction::MAPPED_COLUMNS;
+    use crate::test_utils::pgoutput as b;
+
+    fn cache() -> RelationCache {
+        let mut c = RelationCache::new(ParticipantSchema::default());
+        let mut cols: Vec<(&str, u32, bool)> = vec![("private_notes", 1043, false)];
+        let oid = |n: &str| match n {
+            "interaction_id" | "customer_id" | "contact_id" | "created_by" | "updated_by" => 2950,
+            "interaction_date" | "created_at" | "updated_at" => 1184,
+            "duration_minutes" => 23,
+            "archived" => 16,
+            _ => 25,
+        };
+        cols.extend(
+            MAPPED_COLUMNS
+                .iter()
+                .map(|n| (*n, oid(n), *n == "interaction_id")),
+        );
+        for bytes in [
+            b::relation(10, "public", "interaction", b'd', &cols),
+            b::relation(
+                11,
+                "public",
+                "customer",
+                b'd',
+                &[("customer_id", 2950, true), ("name", 25, false)],
+            ),
+            b::relation(
+                12,
+                "public",
+                "contact",
+                b'd',
+                &[
+                    ("contact_id", 2950, true),
+                    ("first_name", 25, false),
+                    ("last_name", 25, false),
+                    ("email", 25, false),
+                ],
+            ),
+            b::relation(13, "public", "unrelated", b'd', &[("id", 23, true)]),
+        ] {
+            let Ok(Message::Relation(r)) = crate::pgoutput::parse(&bytes) else {
+                panic!("relation")
+            };
+            c.on_relation(&r).expect("mappable");
+        }
+        c
+    }
+
+    const ID: &str = "7b6f1c1e-0000-4000-8000-000000000001";
+
+    fn interaction_values(id: &str) -> Vec<TupleValue> {
+        let mut v = vec![b::text("secret")];
+        for n in MAPPED_COLUMNS {
+            v.push(match n {
+                "interaction_id" => b::text(id),
+                "interaction_type" => b::text("visit"),
+                "subject" => b::text("Review"),
+                "interaction_date" | "created_at" | "updated_at" => {
+                    b::text("2026-11-25 09:00:00+00")
+                }
+                "created_by" => b::text("7b6f1c1e-0000-4000-8000-0000000000aa"),
+                "archived" => b::text("f"),
+                _ => TupleValue::Null,
+            });
+        }
+        v
+    }
+
+    fn changes(bytes: bytes::Bytes) -> Result<Vec<SourceChange>, StreamError> {
+        cache().changes(&crate::pgoutput::parse(&bytes)?)
+    }
+
+    #[test]
+    fn interaction_insert_update_delete_truncate() {
+        let id = Uuid::parse_str(ID).expect("uuid");
+        let ins = changes(b::insert(10, &interaction_values(ID))).expect("ok");
+        assert!(
+            matches!(&ins[..], [SourceChange::InteractionUpsert { id: i, row: Ok(_) }] if *i == id)
+        );
+        let upd = changes(b::update(10, None, &interaction_values(ID))).expect("ok");
+        assert_eq!(upd.len(), 1);
+        let del = changes(b::delete(10, b'K', &interaction_values(ID))).expect("ok");
+        assert_eq!(del, vec![SourceChange::InteractionDelete { id }]);
+        let tr = changes(b::truncate(0, &[13, 10])).expect("ok");
+        assert_eq!(tr, vec![SourceChange::InteractionTruncate]);
+    }
+
+    #[test]
+    fn an_update_of_the_key_deletes_the_old_id() {
+        let other = "7b6f1c1e-0000-4000-8000-000000000002";
+        let got = changes(b::update(
+            10,
+            Some((b'K', &interaction_values(other))),
+            &interaction_values(ID),
+        ))
+        .expect("ok");
+        assert!(matches!(
+            &got[..],
+            [
+                SourceChange::InteractionDelete { .. },
+                SourceChange::InteractionUpsert { .. }
+            ]
+        ));
+    }
+
+    #[test]
+    fn party_changes_carry_the_new_name() {
+        let cid = "7b6f1c1e-0000-4000-8000-0000000000c1";
+        let got = changes(b::update(11, None, &[b::text(cid), b::text("Acme GmbH")])).expect("ok");
+        assert_eq!(
+            got,
+            vec![SourceChange::PartyChanged {
+                party: Party::Customer,
+                id: Uuid::parse_str(cid).expect("uuid"),
+                name: Some("Acme GmbH".into())
+            }]
+        );
+        let got = changes(b::update(
+            12,
+            None,
+            &[
+                b::text(cid),
+                TupleValue::Null,
+                TupleValue::Null,
+                b::text("a@b.c"),
+            ],
+        ))
+        .expect("ok");
+        assert!(
+            matches!(&got[..], [SourceChange::PartyChanged { party: Party::Contact, name: Some(n), .. }] if n == "a@b.c")
+        );
+    }
+
+    #[test]
+    fn unknown_relations_and_bad_keys_are_errors() {
+        assert_eq!(
+            changes(b::insert(99, &[b::text("x")])),
+            Err(StreamError::UnknownRelation(99))
+        );
+        assert!(matches!(
+            changes(b::insert(10, &interaction_values("nope"))),
+            Err(StreamError::BadKey { .. })
+        ));
+        assert_eq!(changes(b::insert(13, &[b::text("1")])), Ok(vec![]));
+    }
+}

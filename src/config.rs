@@ -1,0 +1,362 @@
+//! Configuration: every flag has an environment variable (ECS passes
+//! configuration as environment and secrets). Parsed by clap, validated once into
+//! [`Config`]; connection strings are secrets and never printed.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono_tz::Tz;
+
+/// Flags shared by every command that talks to a database.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DbArgs {
+    /// Source database (the CRM): libpq URL or key=value string.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Where calendar_events, the log, the failures and the progress live.
+    /// Defaults to the source database.
+    #[arg(long, env = "TARGET_DATABASE_URL", hide_env_values = true)]
+    pub target_database_url: Option<String>,
+
+    /// Logical replication slot (pgoutput). A plain lower-case identifier.
+    #[arg(long, env = "CALENDAR_SYNC_SLOT", default_value = "calendar_sync")]
+    pub slot: String,
+
+    /// Publication over interaction, customer and contact.
+    #[arg(
+        long,
+        env = "CALENDAR_SYNC_PUBLICATION",
+        default_value = "calendar_sync"
+    )]
+    pub publication: String,
+
+    #[command(flatten)]
+    pub participants: ParticipantArgs,
+}
+
+/// Where participant names come from (contract §3: overridable by configuration).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ParticipantArgs {
+    #[arg(long, env = "CALENDAR_SYNC_CUSTOMER_TABLE", default_value = "customer")]
+    pub customer_table: String,
+    #[arg(
+        long,
+        env = "CALENDAR_SYNC_CUSTOMER_ID_COLUMN",
+        default_value = "customer_id"
+    )]
+    pub customer_id_column: String,
+    #[arg(
+        long,
+        env = "CALENDAR_SYNC_CUSTOMER_NAME_COLUMN",
+        default_value = "name"
+    )]
+    pub customer_name_column: String,
+    #[arg(long, env = "CALENDAR_SYNC_CONTACT_TABLE", default_value = "contact")]
+    pub contact_table: String,
+    #[arg(
+        long,
+        env = "CALENDAR_SYNC_CONTACT_ID_COLUMN",
+        default_value = "contact_id"
+    )]
+    pub contact_id_column: String,
+    #[arg(
+        long,
+        env = "CALENDAR_SYNC_CONTACT_FIRST_NAME_COLUMN",
+        default_value = "first_name"
+    )]
+    pub contact_first_name_column: String,
+    #[arg(
+        long,
+        env = "CALENDAR_SYNC_CONTACT_LAST_NAME_COLUMN",
+        default_value = "last_name"
+    )]
+    pub contact_last_name_column: String,
+    #[arg(
+        long,
+        env = "CALENDAR_SYNC_CONTACT_EMAIL_COLUMN",
+        default_value = "email"
+    )]
+    pub contact_email_column: String,
+}
+
+/// Flags of `run` (and `demo`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SyncArgs {
+    /// Creation window in days: an event is created only for interactions dated
+    /// at or after (source commit time - window).
+    #[arg(long, env = "CALENDAR_SYNC_WINDOW_DAYS", default_value_t = 30)]
+    pub window_days: u32,
+
+    /// IANA time zone for start_time / end_time.
+    #[arg(long, env = "CALENDAR_SYNC_TIMEZONE", default_value = "UTC")]
+    pub timezone: String,
+
+    /// Serve /metrics, /healthz and /readyz here (e.g. 0.0.0.0:9187).
+    #[arg(long, env = "CALENDAR_SYNC_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+
+    /// Write interaction.calendar_synced_at after each successful sync.
+    #[arg(long, env = "CALENDAR_SYNC_WRITE_SYNCED_AT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub write_synced_at: bool,
+
+    /// Seconds between standby status updates sent to the server.
+    #[arg(long, env = "CALENDAR_SYNC_STATUS_INTERVAL_SECS", default_value_t = 1)]
+    pub status_interval_secs: u64,
+}
+
+/// A connection string. Debug and Display never show it (it holds a password).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(s: impl Into<String>) -> Self {
+        SecretUrl(s.into())
+    }
+    /// The raw string, for the database driver only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretUrl(<redacted>)")
+    }
+}
+
+/// Participant lookup schema, validated identifiers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParticipantSchema {
+    pub customer_table: String,
+    pub customer_id: String,
+    pub customer_name: String,
+    pub contact_table: String,
+    pub contact_id: String,
+    pub contact_first_name: String,
+    pub contact_last_name: String,
+    pub contact_email: String,
+}
+
+impl Default for ParticipantSchema {
+    fn default() -> Self {
+        ParticipantSchema {
+            customer_table: "customer".into(),
+            customer_id: "customer_id".into(),
+            customer_name: "name".into(),
+            contact_table: "contact".into(),
+            contact_id: "contact_id".into(),
+            contact_first_name: "first_name".into(),
+            contact_last_name: "last_name".into(),
+            contact_email: "email".into(),
+        }
+    }
+}
+
+/// Validated configuration of the database-facing commands.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source_url: SecretUrl,
+    /// `None`: the target is the source database.
+    pub target_url: Option<SecretUrl>,
+    pub slot: String,
+    pub publication: String,
+    pub participants: ParticipantSchema,
+    pub window: chrono::Duration,
+    pub timezone: Tz,
+    pub http_addr: Option<SocketAddr>,
+    pub write_synced_at: bool,
+    pub status_interval: Duration,
+}
+
+/// Invalid configuration: says which setting and what is expected.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {setting}: {problem}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub problem: String,
+}
+
+impl Config {
+    /// Configuration for tests and the demo: defaults everywhere else.
+    pub fn new(source_url: impl Into<String>, slot: &str) -> Result<Config, ConfigError> {
+        Config::from_args(
+            DbArgs {
+                database_url: source_url.into(),
+                target_database_url: None,
+                slot: slot.into(),
+                publication: "calendar_sync".into(),
+                participants: ParticipantArgs {
+                    customer_table: "customer".into(),
+                    customer_id_column: "customer_id".into(),
+                    customer_name_column: "name".into(),
+                    contact_table: "contact".into(),
+                    contact_id_column: "contact_id".into(),
+                    contact_first_name_column: "first_name".into(),
+                    contact_last_name_column: "last_name".into(),
+                    contact_email_column: "email".into(),
+                },
+            },
+            None,
+        )
+    }
+
+    pub fn from_args(db: DbArgs, sync: Option<SyncArgs>) -> Result<Config, ConfigError> {
+        let slot = validate_slot(&db.slot)?;
+        let ident = |setting: &'static str, v: &str| -> Result<String, ConfigError> {
+            if v.is_empty() || v.len() > 63 || v.contains('\0') {
+                return Err(ConfigError {
+                    setting,
+                    problem: format!("{v:?} is not a PostgreSQL identifier (1-63 characters)"),
+                });
+            }
+            Ok(v.to_string())
+        };
+        let p = &db.participants;
+        let participants = ParticipantSchema {
+            customer_table: ident("CALENDAR_SYNC_CUSTOMER_TABLE", &p.customer_table)?,
+            customer_id: ident("CALENDAR_SYNC_CUSTOMER_ID_COLUMN", &p.customer_id_column)?,
+            customer_name: ident(
+                "CALENDAR_SYNC_CUSTOMER_NAME_COLUMN",
+                &p.customer_name_column,
+            )?,
+            contact_table: ident("CALENDAR_SYNC_CONTACT_TABLE", &p.contact_table)?,
+            contact_id: ident("CALENDAR_SYNC_CONTACT_ID_COLUMN", &p.contact_id_column)?,
+            contact_first_name: ident(
+                "CALENDAR_SYNC_CONTACT_FIRST_NAME_COLUMN",
+                &p.contact_first_name_column,
+            )?,
+            contact_last_name: ident(
+                "CALENDAR_SYNC_CONTACT_LAST_NAME_COLUMN",
+                &p.contact_last_name_column,
+            )?,
+            contact_email: ident(
+                "CALENDAR_SYNC_CONTACT_EMAIL_COLUMN",
+                &p.contact_email_column,
+            )?,
+        };
+        let publication = ident("CALENDAR_SYNC_PUBLICATION", &db.publication)?;
+        for (setting, url) in [
+            ("DATABASE_URL", Some(&db.database_url)),
+            ("TARGET_DATABASE_URL", db.target_database_url.as_ref()),
+        ] {
+            if let Some(url) = url {
+                tokio_postgres::Config::from_str(url).map_err(|e| ConfigError {
+                    setting,
+                    problem: format!("not a PostgreSQL connection string ({e}); expected postgres://user:password@host:port/dbname"),
+                })?;
+            }
+        }
+        let sync = sync.unwrap_or(SyncArgs {
+            window_days: 30,
+            timezone: "UTC".into(),
+            http_addr: None,
+            write_synced_at: true,
+            status_interval_secs: 1,
+        });
+        let timezone: Tz = sync.timezone.parse().map_err(|_| ConfigError {
+            setting: "CALENDAR_SYNC_TIMEZONE",
+            problem: format!(
+                "{:?} is not an IANA time zone name such as UTC or Europe/Berlin",
+                sync.timezone
+            ),
+        })?;
+        if sync.status_interval_secs == 0 || sync.status_interval_secs > 60 {
+            return Err(ConfigError {
+                setting: "CALENDAR_SYNC_STATUS_INTERVAL_SECS",
+                problem: "expected 1 to 60 seconds".into(),
+            });
+        }
+        let target_url = db
+            .target_database_url
+            .filter(|t| !t.is_empty() && *t != db.database_url)
+            .map(SecretUrl::new);
+        Ok(Config {
+            source_url: SecretUrl::new(db.database_url),
+            target_url,
+            slot,
+            publication,
+            participants,
+            window: chrono::Duration::days(i64::from(sync.window_days)),
+            timezone,
+            http_addr: sync.http_addr,
+            write_synced_at: sync.write_synced_at,
+            status_interval: Duration::from_secs(sync.status_interval_secs),
+        })
+    }
+
+    /// The database that holds calendar_events.
+    pub fn target_url(&self) -> &SecretUrl {
+        self.target_url.as_ref().unwrap_or(&self.source_url)
+    }
+
+    /// True when events live in the source database itself.
+    pub fn same_database(&self) -> bool {
+        self.target_url.is_none()
+    }
+}
+
+/// pgwire-replication writes the slot name into START_REPLICATION unquoted, so
+/// only plain lower-case identifiers are accepted.
+fn validate_slot(slot: &str) -> Result<String, ConfigError> {
+    let ok = !slot.is_empty()
+        && slot.len() <= 63
+        && slot
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(slot.to_string())
+    } else {
+        Err(ConfigError {
+            setting: "CALENDAR_SYNC_SLOT",
+            problem: format!("{slot:?}: expected 1-63 characters of a-z, 0-9 and _"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let c = Config::new("postgres://u:hunter2@localhost/db", "calendar_sync").expect("valid");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn slot_names_must_be_plain_identifiers() {
+        assert!(Config::new("postgres://localhost/db", "Bad-Slot").is_err());
+        assert!(Config::new("postgres://localhost/db", "ok_slot_1").is_ok());
+    }
+
+    #[test]
+    fn a_target_equal_to_the_source_is_the_same_database() {
+        let mut args = DbArgs {
+            database_url: "postgres://localhost/db".into(),
+            target_database_url: Some("postgres://localhost/db".into()),
+            slot: "s".into(),
+            publication: "p".into(),
+            participants: ParticipantArgs {
+                customer_table: "customer".into(),
+                customer_id_column: "customer_id".into(),
+                customer_name_column: "name".into(),
+                contact_table: "contact".into(),
+                contact_id_column: "contact_id".into(),
+                contact_first_name_column: "first_name".into(),
+                contact_last_name_column: "last_name".into(),
+                contact_email_column: "email".into(),
+            },
+        };
+        assert!(Config::from_args(args.clone(), None)
+            .expect("valid")
+            .same_database());
+        args.target_database_url = Some("postgres://localhost/other".into());
+        assert!(!Config::from_args(args, None)
+            .expect("valid")
+            .same_database());
+    }
+}

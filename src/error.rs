@@ -1,0 +1,209 @@
+//! Errors of the IO layers, classified by consequence in one place.
+//!
+//! Materialize's split: an error is either *transient* (roll back, back off,
+//! reconnect, replay from the stored progress: nothing is lost because the slot
+//! and the progress row only move after a target commit) or *fatal* (an operator
+//! must act; the process exits non-zero with a hint). A third class,
+//! *row-permanent*, exists only inside `apply`: one change that the target
+//! refuses (constraint, invalid data) is isolated under a savepoint and recorded
+//! in `calendar_sync_failures`; it never reaches this type.
+
+use tokio_postgres::error::SqlState;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What a failure means for the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Connection lost, server restart, serialization failure, deadlock, lock
+    /// timeout: retry the whole source transaction later.
+    Transient,
+    /// The target refuses this one row (23xxx integrity, 22xxx data exception).
+    RowPermanent,
+    /// Anything else: configuration, permissions, missing objects.
+    Fatal,
+}
+
+/// Classifies a SQLSTATE. The one place that decides what is retryable.
+pub fn classify_sqlstate(code: &str) -> ErrorClass {
+    match code {
+        // serialization_failure, deadlock_detected, lock_not_available,
+        // query_canceled (statement_timeout), too_many_connections,
+        // cannot_connect_now (server starting / in recovery), object_in_use
+        // (another session holds the replication slot during a rolling deploy).
+        "40001" | "40P01" | "55P03" | "57014" | "53300" | "57P03" | "55006" => {
+            ErrorClass::Transient
+        }
+        // admin_shutdown, crash_shutdown, and every connection exception.
+        c if c.starts_with("57P") || c.starts_with("08") => ErrorClass::Transient,
+        // insufficient_resources (disk full, out of memory) usually passes.
+        c if c.starts_with("53") => ErrorClass::Transient,
+        c if c.starts_with("23") || c.starts_with("22") => ErrorClass::RowPermanent,
+        _ => ErrorClass::Fatal,
+    }
+}
+
+/// Classifies a tokio-postgres error: no SQLSTATE means the connection broke.
+pub fn classify_pg(e: &tokio_postgres::Error) -> ErrorClass {
+    match e.code() {
+        Some(code) => classify_sqlstate(code.code()),
+        None => ErrorClass::Transient,
+    }
+}
+
+/// The SQLSTATE of a tokio-postgres error, if the server sent one.
+pub fn sqlstate(e: &tokio_postgres::Error) -> Option<&SqlState> {
+    e.code()
+}
+
+/// The error of the sync pipeline as a whole. The variant says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// Retry after a backoff; replay from the stored progress.
+    #[error("{context}: {source}")]
+    Transient {
+        context: String,
+        #[source]
+        source: BoxError,
+    },
+    /// Stop; an operator must act. `hint` says how.
+    #[error("{message}\n  hint: {hint}")]
+    Fatal { message: String, hint: String },
+}
+
+impl SyncError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SyncError::Transient { .. })
+    }
+
+    pub fn fatal(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        SyncError::Fatal {
+            message: message.into(),
+            hint: hint.into(),
+        }
+    }
+
+    pub fn transient(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        SyncError::Transient {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+
+    /// A database error met outside a per-row savepoint: transient or fatal.
+    /// (A row-permanent SQLSTATE here means a statement of ours is wrong for this
+    /// database, which an operator must look at.)
+    pub fn db(context: impl Into<String>, e: tokio_postgres::Error) -> Self {
+        let context = context.into();
+        match classify_pg(&e) {
+            ErrorClass::Transient => SyncError::transient(context, e),
+            ErrorClass::RowPermanent | ErrorClass::Fatal => {
+                let hint = hint_for_pg(&e);
+                SyncError::fatal(format!("{context}: {}", describe_pg(&e)), hint)
+            }
+        }
+    }
+
+    /// An error of the replication stream (pgwire-replication).
+    pub fn stream(context: impl Into<String>, e: pgwire_replication::PgWireError) -> Self {
+        use pgwire_replication::PgWireError as W;
+        let context = context.into();
+        match &e {
+            W::Io(_) | W::Task(_) => SyncError::transient(context, e),
+            W::Server(msg) => {
+                let code = server_sqlstate(msg).unwrap_or("");
+                match classify_sqlstate(code) {
+                    ErrorClass::Transient => SyncError::transient(context, e),
+                    _ => SyncError::fatal(format!("{context}: {msg}"), hint_for_server(code, msg)),
+                }
+            }
+            W::Auth(msg) => SyncError::fatal(
+                format!("{context}: authentication failed: {msg}"),
+                "check the user and password in DATABASE_URL and pg_hba.conf",
+            ),
+            _ => SyncError::fatal(
+                format!("{context}: {e}"),
+                "this is a protocol or TLS problem between calendar-sync and the server; check sslmode and the server version",
+            ),
+        }
+    }
+}
+
+/// pgwire-replication formats server errors as "message (SQLSTATE XXXXX)".
+pub fn server_sqlstate(msg: &str) -> Option<&str> {
+    let start = msg.rfind("(SQLSTATE ")? + "(SQLSTATE ".len();
+    msg.get(start..start + 5)
+}
+
+/// A database error with its detail, for operators. Never includes row data
+/// beyond what the server put in its message.
+pub fn describe_pg(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+            if let Some(d) = db.detail() {
+                s.push_str(&format!("; detail: {d}"));
+            }
+            s
+        }
+        None => e.to_string(),
+    }
+}
+
+fn hint_for_pg(e: &tokio_postgres::Error) -> String {
+    match e.code() {
+        Some(c) if *c == SqlState::UNDEFINED_TABLE || *c == SqlState::UNDEFINED_COLUMN => {
+            "the calendar-sync schema is missing or old: run `calendar-sync migrate` against this database".into()
+        }
+        Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => {
+            "grant the calendar-sync role rights on the tables (and REPLICATION / rds_replication)".into()
+        }
+        Some(c) if *c == SqlState::INVALID_PASSWORD || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
+            "check the user and password in DATABASE_URL / TARGET_DATABASE_URL".into()
+        }
+        _ => "see the PostgreSQL server log for the statement that failed".into(),
+    }
+}
+
+fn hint_for_server(code: &str, msg: &str) -> String {
+    match code {
+        "42704" if msg.contains("replication slot") => {
+            "the replication slot is gone (dropped, or invalidated by max_slot_wal_keep_size); changes since the last sync may be lost: run `calendar-sync reconcile` after restarting so that `run` recreates the slot with a new snapshot".into()
+        }
+        "42704" => "the publication is missing: run `calendar-sync migrate`".into(),
+        "42501" => "the role needs the REPLICATION attribute (on RDS: GRANT rds_replication TO <role>)".into(),
+        "55000" if msg.contains("wal_level") => {
+            "set wal_level = logical (on RDS: rds.logical_replication = 1) and restart the server".into()
+        }
+        _ => "see the PostgreSQL server log".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_are_classified_by_consequence() {
+        for c in [
+            "40001", "40P01", "55P03", "57P01", "57P02", "08006", "08000", "55006",
+        ] {
+            assert_eq!(classify_sqlstate(c), ErrorClass::Transient, "{c}");
+        }
+        for c in ["23503", "23505", "22003", "22P02"] {
+            assert_eq!(classify_sqlstate(c), ErrorClass::RowPermanent, "{c}");
+        }
+        for c in ["42P01", "42501", "XX000", ""] {
+            assert_eq!(classify_sqlstate(c), ErrorClass::Fatal, "{c}");
+        }
+    }
+
+    #[test]
+    fn sqlstate_is_read_from_pgwire_server_messages() {
+        assert_eq!(
+            server_sqlstate("replication slot \"x\" does not exist (SQLSTATE 42704)"),
+            Some("42704")
+        );
+        assert_eq!(server_sqlstate("no code here"), None);
+    }
+}

@@ -1,0 +1,37 @@
+//! calendar-sync: a logical-replication CDC consumer that keeps
+//! `calendar_events` in step with a CRM's `interaction` table.
+//!
+//! # Layout
+//!
+//! Data moves one way through typed values:
+//!
+//! ```text
+//! Bytes --pgoutput::parse--> Message --changes::RelationCache--> SourceChange
+//!       --apply::Applier (mapping::decide, pure)--> calendar_events + log + progress
+//! ```
+//!
+//! - [`pgoutput`], [`changes`], [`mapping`]: PURE (no IO, no clock).
+//! - [`apply`]: target writes, one target transaction per source transaction,
+//!   per-change savepoints, the progress row.
+//! - [`stream`]: the replication session (slot, snapshot, loop, reconnects).
+//! - [`migrate`], [`status`], [`demo`]: commands; [`pgcluster`]: throw-away
+//!   local PostgreSQL for the demo and the tests.
+//! - [`config`], [`error`], [`lsn`], [`metrics`], [`db`]: shared pieces.
+
+pub mod apply;
+pub mod changes;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod demo;
+pub mod error;
+pub mod lsn;
+pub mod mapping;
+pub mod metrics;
+pub mod migrate;
+pub mod pgcluster;
+pub mod pgoutput;
+pub mod status;
+pub mod stream;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils;

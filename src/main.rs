@@ -1,0 +1,105 @@
+//! Parse the command line, set up logging, build the runtime, call the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio::sync::watch;
+
+use calendar_sync::cli::{Cli, Command};
+use calendar_sync::config::Config;
+use calendar_sync::metrics::Metrics;
+use calendar_sync::{demo, migrate, status, stream};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(if matches!(cli.command, Command::Demo) {
+                    "warn"
+                } else {
+                    "info"
+                })
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(try_main(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn try_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Demo => demo::run().await,
+        Command::Migrate { db } => {
+            let cfg = Config::from_args(db, None)?;
+            let report = migrate::migrate(&cfg).await?;
+            println!(
+                "migrations applied: {}; publication {}: {}",
+                if report.applied.is_empty() {
+                    "none (up to date)".to_string()
+                } else {
+                    report.applied.join(", ")
+                },
+                cfg.publication,
+                if report.publication_created {
+                    "created"
+                } else {
+                    "exists"
+                }
+            );
+            Ok(())
+        }
+        Command::Run { db, sync } => {
+            let cfg = Config::from_args(db, Some(sync))?;
+            let (stop_tx, stop_rx) = watch::channel(false);
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("stop requested (SIGTERM/SIGINT): finishing");
+                let _ = stop_tx.send(true);
+            });
+            stream::run(&cfg, stop_rx, Metrics::new()).await?;
+            Ok(())
+        }
+        Command::Status { db, json } => {
+            let cfg = Config::from_args(db, None)?;
+            let s = status::status(&cfg).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!("{s}");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

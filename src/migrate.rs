@@ -1,0 +1,221 @@
+//! `calendar-sync migrate`: idempotent schema setup, safe on every deploy.
+//!
+//! Migrations are embedded SQL files (`migrations/source`, `migrations/target`),
+//! each applied once per database and recorded in
+//! `calendar_sync_schema_migrations`, under an advisory lock so two tasks
+//! deploying at once do not race. Then the publication is created. The slot is
+//! never created here: `run` creates it together with its snapshot (contract §7).
+
+use tokio_postgres::Client;
+
+use crate::config::Config;
+use crate::db::{self, quote_ident};
+use crate::error::SyncError;
+use crate::mapping::interaction::MAPPED_COLUMNS;
+
+struct Migration {
+    name: &'static str,
+    sql: &'static str,
+}
+
+const SOURCE_MIGRATIONS: &[Migration] = &[Migration {
+    name: "source/0001_interaction_synced_at",
+    sql: include_str!("../migrations/source/0001_interaction_synced_at.sql"),
+}];
+
+const TARGET_MIGRATIONS: &[Migration] = &[Migration {
+    name: "target/0001_calendar_tables",
+    sql: include_str!("../migrations/target/0001_calendar_tables.sql"),
+}];
+
+/// Any constant: the advisory lock that serialises concurrent `migrate`s.
+const MIGRATION_LOCK: i64 = 0x6361_6c73_796e_6301;
+
+/// What `migrate` did, for the operator.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MigrateReport {
+    pub applied: Vec<&'static str>,
+    pub publication_created: bool,
+}
+
+pub async fn migrate(cfg: &Config) -> Result<MigrateReport, SyncError> {
+    let source = db::connect(&cfg.source_url, "source").await?;
+    let mut report = MigrateReport::default();
+    if source
+        .query_opt("select to_regclass('interaction')::text", &[])
+        .await
+        .map_err(|e| SyncError::db("looking for the interaction table", e))?
+        .and_then(|r| r.get::<_, Option<String>>(0))
+        .is_none()
+    {
+        return Err(SyncError::fatal(
+            "the source database has no interaction table in its search_path",
+            "point DATABASE_URL at the CRM database (and its schema via options=-csearch_path=...)",
+        ));
+    }
+    report
+        .applied
+        .extend(apply(&source, SOURCE_MIGRATIONS).await?);
+    match &cfg.target_url {
+        None => report
+            .applied
+            .extend(apply(&source, TARGET_MIGRATIONS).await?),
+        Some(url) => {
+            let target = db::connect(url, "target").await?;
+            report
+                .applied
+                .extend(apply(&target, TARGET_MIGRATIONS).await?);
+        }
+    }
+    report.publication_created = ensure_publication(&source, cfg).await?;
+    Ok(report)
+}
+
+async fn apply(client: &Client, migrations: &[Migration]) -> Result<Vec<&'static str>, SyncError> {
+    let err = |what: &'static str| move |e| SyncError::db(what, e);
+    client
+        .batch_execute(
+            "create table if not exists calendar_sync_schema_migrations (
+                 name text primary key,
+                 applied_at timestamptz not null default now())",
+        )
+        .await
+        .map_err(err("creating calendar_sync_schema_migrations"))?;
+    let mut applied = Vec::new();
+    for m in migrations {
+        client
+            .batch_execute("begin")
+            .await
+            .map_err(err("beginning a migration"))?;
+        let result = async {
+            client
+                .execute("select pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+                .await?;
+            let done = client
+                .query_opt(
+                    "select 1 from calendar_sync_schema_migrations where name = $1",
+                    &[&m.name],
+                )
+                .await?
+                .is_some();
+            if !done {
+                client.batch_execute(m.sql).await?;
+                client
+                    .execute(
+                        "insert into calendar_sync_schema_migrations (name) values ($1)",
+                        &[&m.name],
+                    )
+                    .await?;
+            }
+            Ok::<bool, tokio_postgres::Error>(!done)
+        }
+        .await;
+        match result {
+            Ok(ran) => {
+                client
+                    .batch_execute("commit")
+                    .await
+                    .map_err(err("committing a migration"))?;
+                if ran {
+                    tracing::info!(migration = m.name, "applied migration");
+                    applied.push(m.name);
+                }
+            }
+            Err(e) => {
+                let _ = client.batch_execute("rollback").await;
+                return Err(SyncError::db(format!("applying migration {}", m.name), e));
+            }
+        }
+    }
+    Ok(applied)
+}
+
+/// Creates the publication if it is missing; returns whether it did.
+///
+/// `interaction` is published with a column list of the mapped columns only
+/// (PostgreSQL 15+), so `private_notes` and the other unmapped columns never
+/// enter the stream. customer and contact publish only their id and name
+/// columns.
+async fn ensure_publication(source: &Client, cfg: &Config) -> Result<bool, SyncError> {
+    let exists = source
+        .query_opt(
+            "select 1 from pg_publication where pubname = $1",
+            &[&cfg.publication],
+        )
+        .await
+        .map_err(|e| SyncError::db("looking up the publication", e))?
+        .is_some();
+    if exists {
+        tracing::info!(publication = %cfg.publication, "publication exists; left as it is");
+        return Ok(false);
+    }
+    let version: i32 = source
+        .query_one("select current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(|e| SyncError::db("reading server_version_num", e))?
+        .get(0);
+    let p = &cfg.participants;
+    let tables: [(&str, Vec<&str>); 3] = [
+        ("interaction", MAPPED_COLUMNS.to_vec()),
+        (&p.customer_table, vec![&p.customer_id, &p.customer_name]),
+        (
+            &p.contact_table,
+            vec![
+                &p.contact_id,
+                &p.contact_first_name,
+                &p.contact_last_name,
+                &p.contact_email,
+            ],
+        ),
+    ];
+    let mut parts = Vec::new();
+    for (table, columns) in &tables {
+        let present: Vec<String> = source
+            .query(
+                "select attname::text from pg_attribute
+                  where attrelid = to_regclass($1) and attnum > 0 and not attisdropped",
+                &[&quote_ident(table)],
+            )
+            .await
+            .map_err(|e| SyncError::db(format!("reading the columns of {table}"), e))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if present.is_empty() {
+            return Err(SyncError::fatal(
+                format!("table {table} not found in the source database"),
+                "calendar-sync needs interaction, customer and contact (names configurable, see README)",
+            ));
+        }
+        if let Some(missing) = columns.iter().find(|c| !present.iter().any(|p| p == *c)) {
+            return Err(SyncError::fatal(
+                format!("column {table}.{missing} not found"),
+                "calendar-sync maps this column; check the table or the CALENDAR_SYNC_* column settings",
+            ));
+        }
+        let list = columns
+            .iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        parts.push(if version >= 150000 {
+            format!("{} ({list})", quote_ident(table))
+        } else {
+            quote_ident(table)
+        });
+    }
+    if version < 150000 {
+        tracing::warn!("PostgreSQL before 15 has no publication column lists: interaction is published whole; calendar-sync still reads only mapped columns");
+    }
+    let sql = format!(
+        "create publication {} for table {}",
+        quote_ident(&cfg.publication),
+        parts.join(", ")
+    );
+    source
+        .batch_execute(&sql)
+        .await
+        .map_err(|e| SyncError::db("creating the publication", e))?;
+    tracing::info!(publication = %cfg.publication, "created publication");
+    Ok(true)
+}

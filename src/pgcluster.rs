@@ -1,0 +1,295 @@
+//! A throw-away local PostgreSQL with `wal_level=logical`, from the machine's
+//! server binaries. Used by `calendar-sync demo` and by the integration tests.
+//!
+//! initdb and postgres refuse to run as root: when we are root, the cluster is
+//! created and run as the unprivileged `postgres` user (which Debian's
+//! postgresql package creates). A watchdog process removes the cluster when the
+//! process that started it exits, also after kill -9.
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Why no cluster could be started. The message says what to install or check.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("no PostgreSQL server binaries found (looked for initdb in $CALENDAR_SYNC_PG_BINDIR, PATH, `pg_config --bindir` and /usr/lib/postgresql/*/bin); install them, e.g. `apt-get install postgresql` on Debian/Ubuntu")]
+    NoBinaries,
+    #[error("running as root, but there is no unprivileged `postgres` user to run initdb as (initdb refuses root); create one or install Debian's postgresql package, which does")]
+    NoUnprivilegedUser,
+    #[error("{step} failed: {detail}")]
+    Step { step: &'static str, detail: String },
+}
+
+fn step(step: &'static str) -> impl Fn(std::io::Error) -> ClusterError {
+    move |e| ClusterError::Step {
+        step,
+        detail: e.to_string(),
+    }
+}
+
+/// A running cluster; stopped and removed on drop.
+pub struct LocalCluster {
+    dir: PathBuf,
+    bindir: PathBuf,
+    port: u16,
+    run_as: Option<(u32, u32)>,
+}
+
+/// Finds the directory holding `initdb` and `pg_ctl`.
+pub fn find_bindir() -> Result<PathBuf, ClusterError> {
+    let has = |d: &Path| d.join("initdb").is_file() && d.join("pg_ctl").is_file();
+    if let Some(d) = std::env::var_os("CALENDAR_SYNC_PG_BINDIR").map(PathBuf::from) {
+        if has(&d) {
+            return Ok(d);
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        if let Some(d) = std::env::split_paths(&path).find(|d| has(d)) {
+            return Ok(d);
+        }
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let d = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if out.status.success() && has(&d) {
+            return Ok(d);
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let d = e.path().join("bin");
+            has(&d).then_some((v, d))
+        })
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .map(|(_, d)| d)
+        .ok_or(ClusterError::NoBinaries)
+}
+
+/// uid/gid of `name` from /etc/passwd.
+fn lookup_user(name: &str) -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.first() == Some(&name) && f.len() > 3)
+            .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+    })
+}
+
+fn is_root() -> bool {
+    // /proc/self/status "Uid:" real uid; avoids a libc dependency.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn free_port() -> Result<u16, ClusterError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(step("finding a free port"))?;
+    Ok(l.local_addr().map_err(step("finding a free port"))?.port())
+}
+
+impl LocalCluster {
+    /// initdb + start on a free port. `extra_conf` is appended to postgresql.conf.
+    pub fn start(name: &str, extra_conf: &str) -> Result<LocalCluster, ClusterError> {
+        let bindir = find_bindir()?;
+        let run_as = if is_root() {
+            Some(lookup_user("postgres").ok_or(ClusterError::NoUnprivilegedUser)?)
+        } else {
+            None
+        };
+        let base = std::env::temp_dir().join(format!(
+            "calendar-sync-{name}-{}-{}",
+            std::process::id(),
+            free_port()?
+        ));
+        std::fs::create_dir_all(&base).map_err(step("creating the cluster directory"))?;
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(&base, Some(uid), Some(gid))
+                .map_err(step("handing the cluster directory to postgres"))?;
+        }
+        let mut cluster = LocalCluster {
+            dir: base,
+            bindir,
+            port: 0,
+            run_as,
+        };
+        cluster.watchdog();
+        cluster.run(
+            "initdb",
+            Command::new(cluster.bindir.join("initdb"))
+                .args(["-D"])
+                .arg(cluster.data())
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ]),
+        )?;
+        let conf = format!(
+            "\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nwal_level = logical\nmax_replication_slots = 100\nmax_wal_senders = 100\nmax_connections = 300\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\nwal_sender_timeout = 30s\nshared_buffers = 64MB\n{extra_conf}\n",
+            cluster.dir.display()
+        );
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(cluster.data().join("postgresql.conf"))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, conf.as_bytes()))
+            .map_err(step("writing postgresql.conf"))?;
+        // A port can be taken between probe and bind: try a few.
+        let mut last = None;
+        for _ in 0..5 {
+            cluster.port = free_port()?;
+            match cluster.pg_ctl_start() {
+                Ok(()) => return Ok(cluster),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(ClusterError::Step {
+            step: "pg_ctl start",
+            detail: "no attempt".into(),
+        }))
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/db` (trust authentication).
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(self.bindir.join(program));
+        if let Some((uid, gid)) = self.run_as {
+            c.uid(uid).gid(gid);
+        }
+        c.current_dir(&self.dir);
+        c
+    }
+
+    fn run(&self, what: &'static str, c: &mut Command) -> Result<(), ClusterError> {
+        if let Some((uid, gid)) = self.run_as {
+            c.uid(uid).gid(gid);
+        }
+        c.current_dir(&self.dir);
+        let out = c.output().map_err(step(what))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(ClusterError::Step {
+                step: what,
+                detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+            })
+        }
+    }
+
+    fn pg_ctl_start(&self) -> Result<(), ClusterError> {
+        let log = self.dir.join("postgres.log");
+        let out = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .arg("-l")
+            .arg(&log)
+            .args(["-w", "-t", "60", "-o"])
+            .arg(format!("-p {}", self.port))
+            .arg("start")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(step("pg_ctl start"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: String = tail.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+            Err(ClusterError::Step {
+                step: "pg_ctl start",
+                detail: format!("{} {tail}", String::from_utf8_lossy(&out.stderr)),
+            })
+        }
+    }
+
+    /// Stops the server: `fast` (clean) or `immediate` (like a crash).
+    pub fn stop(&self, mode: &str) -> Result<(), ClusterError> {
+        let out = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-w", "-m", mode, "stop"])
+            .output()
+            .map_err(step("pg_ctl stop"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(ClusterError::Step {
+                step: "pg_ctl stop",
+                detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+            })
+        }
+    }
+
+    /// Starts a stopped server again on the same port.
+    pub fn restart(&self) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.pg_ctl_start() {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    /// A shell that waits for this process to exit, then stops the server and
+    /// removes the directory: no cluster outlives its owner, even after kill -9.
+    fn watchdog(&self) {
+        let script = format!(
+            "while [ -d /proc/{pid} ]; do sleep 1; done; \"{pg_ctl}\" -D \"{data}\" -m immediate -w stop >/dev/null 2>&1; rm -rf \"{dir}\"",
+            pid = std::process::id(),
+            pg_ctl = self.bindir.join("pg_ctl").display(),
+            data = self.data().display(),
+            dir = self.dir.display(),
+        );
+        let mut c = Command::new("sh");
+        c.args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some((uid, gid)) = self.run_as {
+            c.uid(uid).gid(gid);
+        }
+        // Its own process group, so a Ctrl-C to the owner does not kill it first.
+        c.process_group(0);
+        if let Err(e) = c.spawn() {
+            tracing::warn!(error = %e, "could not start the cluster watchdog; stop the cluster by hand if this process is killed");
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        let _ = self.stop("immediate");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
