@@ -1,0 +1,266 @@
+//! Test harness: one throw-away PostgreSQL per test binary (`wal_level=logical`,
+//! started on first use, removed when the binary exits), one fresh database and
+//! slot per test, the consumer run in-process or as the real binary, and
+//! condition waits with timeouts (never bare sleeps).
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use calendar_sync::config::{Config, SecretUrl};
+use calendar_sync::demo::CRM_SCHEMA;
+use calendar_sync::metrics::Metrics;
+use calendar_sync::pgcluster::LocalCluster;
+use calendar_sync::{db, migrate, stream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+pub const USER: &str = "00000000-0000-4000-8000-000000000001";
+pub const CUSTOMER: &str = "00000000-0000-4000-8000-0000000000c1";
+pub const CONTACT: &str = "00000000-0000-4000-8000-0000000000d1";
+
+/// The cluster of this test binary. `TEST_DATABASE_URL` is not supported: the
+/// tests restart and kill servers, which needs one of their own.
+pub fn cluster() -> &'static LocalCluster {
+    static CLUSTER: OnceLock<LocalCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        LocalCluster::start(
+            "test",
+            "wal_sender_timeout = 10s\nlog_min_messages = warning\n",
+        )
+        .unwrap_or_else(|e| panic!("cannot start the test PostgreSQL: {e}"))
+    })
+}
+
+pub async fn connect(url: &str) -> Client {
+    db::connect(&SecretUrl::new(url), "test")
+        .await
+        .expect("connect")
+}
+
+/// A fresh database named after a UUID; its name is also the slot name.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub client: Client,
+}
+
+impl TestDb {
+    /// An empty database.
+    pub async fn empty() -> TestDb {
+        let c = cluster();
+        let name = format!("t_{}", Uuid::new_v4().simple());
+        let admin = connect(&c.url("postgres")).await;
+        admin
+            .batch_execute(&format!("create database {name}"))
+            .await
+            .expect("create database");
+        let url = c.url(&name);
+        let client = connect(&url).await;
+        TestDb { name, url, client }
+    }
+
+    /// A database holding the seed CRM (users, customer, contact, interaction
+    /// with an updated_at trigger), one user, one customer and one contact.
+    pub async fn crm() -> TestDb {
+        let db = TestDb::empty().await;
+        db.client
+            .batch_execute(CRM_SCHEMA)
+            .await
+            .expect("crm schema");
+        db.client
+            .batch_execute(&format!(
+                "insert into users (user_id, email) values ('{USER}', 'sam@example.com');
+                 insert into customer (customer_id, name) values ('{CUSTOMER}', 'Acme Corp');
+                 insert into contact (contact_id, customer_id, first_name, last_name, email)
+                   values ('{CONTACT}', '{CUSTOMER}', 'Ada', 'Lovelace', 'ada@acme.test');"
+            ))
+            .await
+            .expect("crm rows");
+        db
+    }
+
+    pub fn config(&self) -> Config {
+        let mut cfg = Config::new(self.url.clone(), &self.name).expect("config");
+        cfg.publication = self.name.clone();
+        cfg
+    }
+
+    pub async fn migrate(&self) {
+        migrate::migrate(&self.config()).await.expect("migrate");
+    }
+
+    /// Inserts an interaction; returns its id.
+    pub async fn insert(&self, subject: &str, date_sql: &str, extra: &str) -> Uuid {
+        let sql = format!(
+            "insert into interaction (interaction_type, subject, interaction_date, created_by {cols})
+             values ('meeting', $1, {date_sql}, '{USER}' {vals}) returning interaction_id",
+            cols = extra_cols(extra),
+            vals = extra_vals(extra),
+        );
+        self.client
+            .query_one(sql.as_str(), &[&subject])
+            .await
+            .expect("insert interaction")
+            .get(0)
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.client
+            .query_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get(0)
+    }
+
+    /// Waits until `sql` (a single bigint) equals `want`.
+    pub async fn wait_count(&self, sql: &str, want: i64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let last = self.count(sql).await;
+            if last == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out: `{sql}` is {last}, wanted {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn event(&self, id: Uuid) -> Option<tokio_postgres::Row> {
+        self.client
+            .query_opt("select * from calendar_events where related_table = 'interaction' and related_id = $1", &[&id])
+            .await
+            .expect("select event")
+    }
+
+    /// Waits until every source transaction committed so far is applied: a
+    /// no-op customer update (which always commits a target transaction with
+    /// the progress row, and writes no event or log row) must show up in
+    /// `calendar_sync_progress`. Transactions apply in commit order, so all
+    /// earlier ones are applied too. Works in the source or a separate target.
+    pub async fn barrier_in(&self, target: &Client) {
+        let before = pg_current_lsn(&self.client).await;
+        self.client
+            .execute(
+                &format!("update customer set name = name where customer_id = '{CUSTOMER}'"),
+                &[],
+            )
+            .await
+            .expect("barrier update");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let row = target
+                .query_opt(
+                    "select lsn::text, lsn > $1::text::pg_lsn from calendar_sync_progress where slot_name = $2",
+                    &[&before, &self.name],
+                )
+                .await
+                .expect("progress");
+            let seen: Option<String> = row.as_ref().map(|r| r.get(0));
+            if row.is_some_and(|r| r.get::<_, bool>(1)) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "progress did not pass {before} within 30 s (it is {seen:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn barrier(&self) {
+        self.barrier_in(&self.client).await;
+    }
+}
+
+fn extra_cols(extra: &str) -> String {
+    extra
+        .split(';')
+        .filter(|p| !p.is_empty())
+        .map(|p| format!(", {}", p.split_once('=').expect("col=val").0))
+        .collect()
+}
+
+fn extra_vals(extra: &str) -> String {
+    extra
+        .split(';')
+        .filter(|p| !p.is_empty())
+        .map(|p| format!(", {}", p.split_once('=').expect("col=val").1))
+        .collect()
+}
+
+pub async fn pg_current_lsn(c: &Client) -> String {
+    c.query_one("select pg_current_wal_lsn()::text", &[])
+        .await
+        .expect("wal lsn")
+        .get(0)
+}
+
+/// Polls `cond` every 50 ms until it holds or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The consumer running in-process.
+pub struct Running {
+    stop: watch::Sender<bool>,
+    pub handle: JoinHandle<Result<(), calendar_sync::error::SyncError>>,
+    pub metrics: Metrics,
+}
+
+impl Running {
+    pub fn start(cfg: Config) -> Running {
+        let (stop, rx) = watch::channel(false);
+        let metrics = Metrics::new();
+        let m = metrics.clone();
+        let handle = tokio::spawn(async move { stream::run(&cfg, rx, m).await });
+        Running {
+            stop,
+            handle,
+            metrics,
+        }
+    }
+
+    /// Graceful stop: returns the run's result.
+    pub async fn stop(self) -> Result<(), calendar_sync::error::SyncError> {
+        let _ = self.stop.send(true);
+        tokio::time::timeout(Duration::from_secs(15), self.handle)
+            .await
+            .expect("the consumer stops within 15 s")
+            .expect("the consumer task did not panic")
+    }
+
+    /// Like kill -9 for the in-process consumer: no rollback, no final status.
+    pub fn kill(self) {
+        self.handle.abort();
+    }
+}
+
+/// Waits until the slot exists and its initial snapshot committed.
+pub async fn wait_streaming(db: &TestDb) {
+    db.wait_count(
+        &format!("select count(*) from calendar_sync_progress p join pg_replication_slots s on s.slot_name = p.slot_name where p.slot_name = '{}' and s.active", db.name),
+        1,
+    )
+    .await;
+}
