@@ -3,5 +3,9 @@
 
 mod support;
 
+mod echo;
 mod mapping;
+mod process;
+mod snapshot;
 mod streaming;
+mod target;

@@ -1,0 +1,105 @@
+//! The real binary: migrate is idempotent, run stops cleanly on SIGTERM.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+pub fn binary() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_calendar-sync"));
+    c.env_remove("TARGET_DATABASE_URL").env("RUST_LOG", "info");
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_is_idempotent() {
+    let db = TestDb::crm().await;
+    for round in 0..2 {
+        let out = binary()
+            .args(["migrate"])
+            .env("DATABASE_URL", &db.url)
+            .env("CALENDAR_SYNC_PUBLICATION", &db.name)
+            .output()
+            .expect("run migrate");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "round {round}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if round == 1 {
+            assert!(
+                stdout.contains("none (up to date)") && stdout.contains("exists"),
+                "{stdout}"
+            );
+        }
+    }
+    assert_eq!(
+        db.count("select count(*) from calendar_sync_schema_migrations")
+            .await,
+        2
+    );
+    // No slot: `migrate` never creates it.
+    assert_eq!(
+        db.count(&format!(
+            "select count(*) from pg_replication_slots where slot_name = '{}'",
+            db.name
+        ))
+        .await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_streams_and_exits_zero_on_sigterm_after_a_final_status_update() {
+    let db = TestDb::crm().await;
+    db.migrate().await;
+    let mut child = binary()
+        .args(["run"])
+        .env("DATABASE_URL", &db.url)
+        .env("CALENDAR_SYNC_SLOT", &db.name)
+        .env("CALENDAR_SYNC_PUBLICATION", &db.name)
+        .env("CALENDAR_SYNC_STATUS_INTERVAL_SECS", "30")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn run");
+    wait_streaming(&db).await;
+    let id = db.insert("Via the binary", "now()", "").await;
+    db.wait_count(
+        &format!("select count(*) from calendar_events where related_id = '{id}'"),
+        1,
+    )
+    .await;
+    let sent = Instant::now();
+    // SAFETY-free: kill(1) sends SIGTERM.
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let code = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(10),
+            "did not exit within 10 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(code.code(), Some(0));
+    // The status interval is 30 s, so only the final status update can have
+    // moved the slot to the applied transaction.
+    let acked = db
+        .count(&format!(
+            "select count(*) from pg_replication_slots s join calendar_sync_progress p using (slot_name)
+              where slot_name = '{}' and s.confirmed_flush_lsn >= p.lsn",
+            db.name
+        ))
+        .await;
+    assert_eq!(
+        acked, 1,
+        "the final status update reported the last applied LSN"
+    );
+}
