@@ -52,6 +52,14 @@ pub enum StreamError {
     UnknownRelation(RelationId),
     #[error(transparent)]
     Schema(#[from] SchemaError),
+    #[error(
+        "{table}: the tuple has {found} columns, the last Relation message announced {expected}"
+    )]
+    ColumnCount {
+        table: String,
+        expected: usize,
+        found: usize,
+    },
     #[error("{table}.{column}: expected {expected} in a key, got {found:?}")]
     BadKey {
         table: String,
@@ -70,6 +78,7 @@ enum TableMap {
         names: Vec<usize>,
         table: String,
         id_column: String,
+        width: usize,
     },
     Other,
 }
@@ -111,6 +120,7 @@ impl RelationCache {
                 names: vec![position(rel, &s.customer_name)?],
                 table: rel.name.clone(),
                 id_column: s.customer_id.clone(),
+                width: rel.columns.len(),
             }
         } else if rel.name == s.contact_table {
             TableMap::Party {
@@ -123,6 +133,7 @@ impl RelationCache {
                 ],
                 table: rel.name.clone(),
                 id_column: s.contact_id.clone(),
+                width: rel.columns.len(),
             }
         } else {
             TableMap::Other
@@ -147,14 +158,18 @@ impl RelationCache {
                     names,
                     table,
                     id_column,
-                } => Ok(vec![party_change(
-                    *party,
-                    &i.new,
-                    *id,
-                    Some(names),
-                    table,
-                    id_column,
-                )?]),
+                    width,
+                } => {
+                    check_width(table, *width, &i.new)?;
+                    Ok(vec![party_change(
+                        *party,
+                        &i.new,
+                        *id,
+                        Some(names),
+                        table,
+                        id_column,
+                    )?])
+                }
                 TableMap::Other => Ok(vec![]),
             },
             Message::Update(u) => match self.table(u.relation_id)? {
@@ -177,14 +192,18 @@ impl RelationCache {
                     names,
                     table,
                     id_column,
-                } => Ok(vec![party_change(
-                    *party,
-                    &u.new,
-                    *id,
-                    Some(names),
-                    table,
-                    id_column,
-                )?]),
+                    width,
+                } => {
+                    check_width(table, *width, &u.new)?;
+                    Ok(vec![party_change(
+                        *party,
+                        &u.new,
+                        *id,
+                        Some(names),
+                        table,
+                        id_column,
+                    )?])
+                }
                 TableMap::Other => Ok(vec![]),
             },
             Message::Delete(d) => {
@@ -230,7 +249,20 @@ fn key(cols: &InteractionColumns, t: &Tuple) -> Result<Uuid, StreamError> {
     })
 }
 
+fn check_width(table: &str, expected: usize, t: &Tuple) -> Result<(), StreamError> {
+    if t.0.len() == expected {
+        Ok(())
+    } else {
+        Err(StreamError::ColumnCount {
+            table: table.to_string(),
+            expected,
+            found: t.0.len(),
+        })
+    }
+}
+
 fn upsert(cols: &InteractionColumns, t: &Tuple) -> Result<SourceChange, StreamError> {
+    check_width("interaction", cols.width(), t)?;
     Ok(SourceChange::InteractionUpsert {
         id: key(cols, t)?,
         row: cols.row(t),
@@ -417,5 +449,13 @@ mod tests {
             Err(StreamError::BadKey { .. })
         ));
         assert_eq!(changes(b::insert(13, &[b::text("1")])), Ok(vec![]));
+        assert!(matches!(
+            changes(b::insert(10, &[b::text(ID)])),
+            Err(StreamError::ColumnCount {
+                expected: 15,
+                found: 1,
+                ..
+            })
+        ));
     }
 }

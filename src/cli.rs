@@ -31,6 +31,13 @@ pub enum Command {
         #[command(flatten)]
         sync: SyncArgs,
     },
+    /// The failure queue: list, retry, resolve.
+    Failures {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(subcommand)]
+        action: FailuresAction,
+    },
     /// Slot, lag, progress and pending failures.
     Status {
         #[command(flatten)]
@@ -38,5 +45,30 @@ pub enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum FailuresAction {
+    /// Open failures, oldest first.
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make failures due now: the running service retries them from the
+    /// interaction's current state within seconds.
+    Retry {
+        /// The failure_id to retry.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<uuid::Uuid>,
+        /// Every open failure.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Mark a failure resolved by hand (no retry).
+    Resolve {
+        /// The failure_id.
+        id: uuid::Uuid,
     },
 }

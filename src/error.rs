@@ -43,12 +43,33 @@ pub fn classify_sqlstate(code: &str) -> ErrorClass {
     }
 }
 
-/// Classifies a tokio-postgres error: no SQLSTATE means the connection broke.
+/// Classifies a tokio-postgres error. Without a SQLSTATE: a broken or
+/// refused connection (an I/O error, or the connection closed) is transient;
+/// anything else (TLS required but not configured, a bad connection string)
+/// needs an operator.
 pub fn classify_pg(e: &tokio_postgres::Error) -> ErrorClass {
-    match e.code() {
-        Some(code) => classify_sqlstate(code.code()),
-        None => ErrorClass::Transient,
+    if let Some(code) = e.code() {
+        return classify_sqlstate(code.code());
     }
+    if e.is_closed() {
+        return ErrorClass::Transient;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<std::io::Error>() {
+            return ErrorClass::Transient;
+        }
+        source = s.source();
+    }
+    // tokio-postgres reports a closed connection and timeouts without a source.
+    let text = e.to_string();
+    if text.contains("connection closed")
+        || text.contains("timed out")
+        || text.contains("unexpected EOF")
+    {
+        return ErrorClass::Transient;
+    }
+    ErrorClass::Fatal
 }
 
 /// The SQLSTATE of a tokio-postgres error, if the server sent one.

@@ -25,6 +25,8 @@ pub mod config;
 pub mod db;
 pub mod demo;
 pub mod error;
+pub mod failures;
+pub mod http;
 pub mod lsn;
 pub mod mapping;
 pub mod metrics;
@@ -35,3 +37,4 @@ pub mod status;
 pub mod stream;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;
+pub mod txn;

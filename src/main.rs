@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use calendar_sync::cli::{Cli, Command};
 use calendar_sync::config::Config;
 use calendar_sync::metrics::Metrics;
-use calendar_sync::{demo, migrate, status, stream};
+use calendar_sync::{demo, failures, http, migrate, status, stream};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -68,12 +68,37 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
         Command::Run { db, sync } => {
             let cfg = Config::from_args(db, Some(sync))?;
             let (stop_tx, stop_rx) = watch::channel(false);
-            tokio::spawn(async move {
+            let metrics = Metrics::new();
+            let http = match cfg.http_addr {
+                Some(addr) => {
+                    let listener = http::bind(addr).await.map_err(|e| {
+                        anyhow::anyhow!("cannot listen on CALENDAR_SYNC_HTTP_ADDR={addr}: {e}")
+                    })?;
+                    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+                    Some(tokio::spawn(http::serve(
+                        listener,
+                        metrics.clone(),
+                        stop_rx.clone(),
+                    )))
+                }
+                None => None,
+            };
+            let signals = tokio::spawn(async move {
                 wait_for_signal().await;
                 tracing::info!("stop requested (SIGTERM/SIGINT): finishing");
                 let _ = stop_tx.send(true);
             });
-            stream::run(&cfg, stop_rx, Metrics::new()).await?;
+            let result = stream::run(&cfg, stop_rx, metrics).await;
+            signals.abort();
+            if let Some(h) = http {
+                h.abort();
+            }
+            result?;
+            Ok(())
+        }
+        Command::Failures { db, action } => {
+            let cfg = Config::from_args(db, None)?;
+            failures::run(&cfg, action).await?;
             Ok(())
         }
         Command::Status { db, json } => {

@@ -1,9 +1,16 @@
 //! Prometheus metrics. Names are constants; labels come from enums.
+//!
+//! Besides the counters, [`Metrics`] carries the little bit of state the
+//! `/readyz` endpoint needs (streaming? backing off?) in atomics, so every
+//! setter is cheap, takes `&self` and can be called from any task without
+//! holding a lock across an `.await`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 use crate::lsn::Lsn;
 use crate::mapping::Action;
@@ -13,6 +20,16 @@ pub const TRANSACTIONS_TOTAL: &str = "calendar_sync_transactions_applied_total";
 pub const LAST_APPLIED_LSN: &str = "calendar_sync_last_applied_lsn";
 pub const LAST_COMMIT_TIME: &str = "calendar_sync_last_applied_commit_timestamp_seconds";
 pub const RECONNECTS_TOTAL: &str = "calendar_sync_reconnects_total";
+pub const REPLICATION_LAG_BYTES: &str = "calendar_sync_replication_lag_bytes";
+pub const REPLICATION_LAG_SECONDS: &str = "calendar_sync_replication_lag_seconds";
+pub const PENDING_FAILURES: &str = "calendar_sync_pending_failures";
+pub const BACKOFF_SECONDS: &str = "calendar_sync_backoff_seconds";
+pub const BACKOFF_ACTIVE: &str = "calendar_sync_backoff_active";
+pub const STREAMING: &str = "calendar_sync_streaming";
+
+/// Reasons [`Metrics::is_ready`] gives when not ready.
+pub const NOT_STREAMING: &str = "not streaming yet";
+pub const BACKING_OFF: &str = "backing off after a transient failure";
 
 /// `status` label of actions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +60,15 @@ struct Inner {
     last_lsn: IntGauge,
     last_commit_time: IntGauge,
     reconnects: IntCounter,
+    lag_bytes: IntGauge,
+    lag_seconds: Gauge,
+    pending_failures: IntGauge,
+    backoff_seconds: Gauge,
+    backoff_active: IntGauge,
+    streaming: IntGauge,
+    /// Readiness state; the gauges mirror it for dashboards.
+    is_streaming: AtomicBool,
+    is_backing_off: AtomicBool,
 }
 
 impl Metrics {
@@ -67,12 +93,46 @@ impl Metrics {
         .expect("static metric definition");
         let reconnects = IntCounter::new(RECONNECTS_TOTAL, "Reconnects after transient failures")
             .expect("static metric definition");
+        let lag_bytes = IntGauge::new(
+            REPLICATION_LAG_BYTES,
+            "Server WAL end seen in keepalives minus the last confirmed LSN",
+        )
+        .expect("static metric definition");
+        let lag_seconds = Gauge::new(
+            REPLICATION_LAG_SECONDS,
+            "Replication lag in seconds behind the source",
+        )
+        .expect("static metric definition");
+        let pending_failures =
+            IntGauge::new(PENDING_FAILURES, "Failed changes waiting to be retried")
+                .expect("static metric definition");
+        let backoff_seconds = Gauge::new(
+            BACKOFF_SECONDS,
+            "Current reconnect backoff delay (0 when not backing off)",
+        )
+        .expect("static metric definition");
+        let backoff_active = IntGauge::new(
+            BACKOFF_ACTIVE,
+            "1 while backing off after a transient failure, else 0",
+        )
+        .expect("static metric definition");
+        let streaming = IntGauge::new(
+            STREAMING,
+            "1 while the replication stream is running, else 0",
+        )
+        .expect("static metric definition");
         for c in [
             Box::new(actions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(transactions.clone()),
             Box::new(last_lsn.clone()),
             Box::new(last_commit_time.clone()),
             Box::new(reconnects.clone()),
+            Box::new(lag_bytes.clone()),
+            Box::new(lag_seconds.clone()),
+            Box::new(pending_failures.clone()),
+            Box::new(backoff_seconds.clone()),
+            Box::new(backoff_active.clone()),
+            Box::new(streaming.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -90,6 +150,14 @@ impl Metrics {
                 last_lsn,
                 last_commit_time,
                 reconnects,
+                lag_bytes,
+                lag_seconds,
+                pending_failures,
+                backoff_seconds,
+                backoff_active,
+                streaming,
+                is_streaming: AtomicBool::new(false),
+                is_backing_off: AtomicBool::new(false),
             }),
         }
     }
@@ -123,10 +191,172 @@ impl Metrics {
     pub fn registry(&self) -> &Registry {
         &self.inner.registry
     }
+
+    /// Replication lag: `bytes` is the server WAL end seen in keepalives
+    /// minus the last confirmed LSN; `seconds` the time behind the source.
+    pub fn set_lag(&self, bytes: u64, seconds: f64) {
+        self.inner
+            .lag_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.inner.lag_seconds.set(seconds);
+    }
+
+    /// Number of failed changes waiting to be retried.
+    pub fn set_pending_failures(&self, n: i64) {
+        self.inner.pending_failures.set(n);
+    }
+
+    /// `Some(delay)` while sleeping before a reconnect, `None` otherwise.
+    pub fn set_backoff(&self, delay: Option<Duration>) {
+        self.inner
+            .is_backing_off
+            .store(delay.is_some(), Ordering::Relaxed);
+        self.inner
+            .backoff_seconds
+            .set(delay.map_or(0.0, |d| d.as_secs_f64()));
+        self.inner.backoff_active.set(i64::from(delay.is_some()));
+    }
+
+    /// Whether the replication stream is running.
+    pub fn set_streaming(&self, streaming: bool) {
+        self.inner.is_streaming.store(streaming, Ordering::Relaxed);
+        self.inner.streaming.set(i64::from(streaming));
+    }
+
+    /// Ready = streaming and not backing off; otherwise a short reason.
+    pub fn is_ready(&self) -> Result<(), &'static str> {
+        if self.inner.is_backing_off.load(Ordering::Relaxed) {
+            Err(BACKING_OFF)
+        } else if !self.inner.is_streaming.load(Ordering::Relaxed) {
+            Err(NOT_STREAMING)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The Prometheus text exposition (format 0.0.4) of the registry.
+    pub fn render(&self) -> String {
+        let families = self.inner.registry.gather();
+        match TextEncoder::new().encode_to_string(&families) {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::warn!(error = %e, "encoding metrics failed");
+                String::new()
+            }
+        }
+    }
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(text: &str, name: &str) -> Option<String> {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .map(str::to_owned)
+    }
+
+    #[test]
+    fn readiness_follows_streaming_and_backoff() {
+        let m = Metrics::new();
+        assert_eq!(m.is_ready(), Err(NOT_STREAMING));
+        m.set_streaming(true);
+        assert_eq!(m.is_ready(), Ok(()));
+        m.set_backoff(Some(Duration::from_millis(1500)));
+        assert_eq!(m.is_ready(), Err(BACKING_OFF));
+        m.set_backoff(None);
+        assert_eq!(m.is_ready(), Ok(()));
+        m.set_streaming(false);
+        assert_eq!(m.is_ready(), Err(NOT_STREAMING));
+    }
+
+    #[test]
+    fn clones_share_state() {
+        let m = Metrics::new();
+        let other = m.clone();
+        other.set_streaming(true);
+        assert_eq!(m.is_ready(), Ok(()));
+    }
+
+    #[test]
+    fn render_exposes_gauges() {
+        let m = Metrics::new();
+        let text = m.render();
+        for name in [
+            ACTIONS_TOTAL,
+            TRANSACTIONS_TOTAL,
+            REPLICATION_LAG_BYTES,
+            REPLICATION_LAG_SECONDS,
+            PENDING_FAILURES,
+            BACKOFF_SECONDS,
+            BACKOFF_ACTIVE,
+            STREAMING,
+        ] {
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
+        }
+        assert_eq!(sample(&text, STREAMING).as_deref(), Some("0"));
+        assert_eq!(sample(&text, BACKOFF_ACTIVE).as_deref(), Some("0"));
+
+        m.set_lag(u64::MAX, 2.5);
+        m.set_pending_failures(3);
+        m.set_backoff(Some(Duration::from_millis(1500)));
+        m.set_streaming(true);
+        let text = m.render();
+        assert_eq!(
+            sample(&text, REPLICATION_LAG_BYTES),
+            Some(i64::MAX.to_string())
+        );
+        assert_eq!(
+            sample(&text, REPLICATION_LAG_SECONDS).as_deref(),
+            Some("2.5")
+        );
+        assert_eq!(sample(&text, PENDING_FAILURES).as_deref(), Some("3"));
+        assert_eq!(sample(&text, BACKOFF_SECONDS).as_deref(), Some("1.5"));
+        assert_eq!(sample(&text, BACKOFF_ACTIVE).as_deref(), Some("1"));
+        assert_eq!(sample(&text, STREAMING).as_deref(), Some("1"));
+
+        m.set_backoff(None);
+        let text = m.render();
+        assert_eq!(sample(&text, BACKOFF_SECONDS).as_deref(), Some("0"));
+        assert_eq!(sample(&text, BACKOFF_ACTIVE).as_deref(), Some("0"));
+    }
+
+    #[test]
+    fn action_labels_are_precreated() {
+        let m = Metrics::new();
+        let text = m.render();
+        assert!(
+            text.contains("calendar_sync_actions_total{action=\"create\",status=\"success\"} 0")
+        );
+        m.action(Action::Create, Status::Success);
+        assert_eq!(m.action_count(Action::Create, Status::Success), 1);
+        assert!(m
+            .render()
+            .contains("calendar_sync_actions_total{action=\"create\",status=\"success\"} 1"));
+    }
+
+    #[test]
+    fn transaction_applied_sets_lsn_and_commit_time() {
+        let m = Metrics::new();
+        let ts = DateTime::from_timestamp(1_700_000_000, 0).expect("valid timestamp");
+        m.transaction_applied(Lsn(0x1_0000_0010), ts);
+        let text = m.render();
+        assert_eq!(sample(&text, TRANSACTIONS_TOTAL).as_deref(), Some("1"));
+        assert_eq!(
+            sample(&text, LAST_APPLIED_LSN),
+            Some(0x1_0000_0010_i64.to_string())
+        );
+        assert_eq!(
+            sample(&text, LAST_COMMIT_TIME).as_deref(),
+            Some("1700000000")
+        );
     }
 }

@@ -44,11 +44,12 @@ pub(super) async fn record_failure(
     interaction: Uuid,
     action: Action,
     message: &str,
+    retry: bool,
 ) -> Result<(), tokio_postgres::Error> {
     let stack: Option<&str> = None;
     c.execute(
         &t.record_failure,
-        &[&interaction, &action.as_str(), &message, &stack],
+        &[&interaction, &action.as_str(), &message, &stack, &retry],
     )
     .await
     .map(|_| ())

@@ -31,6 +31,7 @@
 //! Management Functions"), unlike replication origins.
 
 mod log;
+mod retry;
 pub mod sql;
 
 use std::borrow::Cow;
@@ -65,6 +66,8 @@ enum TxnState {
         synced: Vec<Uuid>,
         /// Counted into the metrics only once committed.
         counts: Vec<(Action, Status)>,
+        /// A batch of failure retries, not a source transaction.
+        retry: bool,
     },
 }
 
@@ -156,6 +159,7 @@ impl Applier {
             target_open: false,
             synced: Vec::new(),
             counts: Vec::new(),
+            retry: false,
         };
     }
 
@@ -327,6 +331,12 @@ impl Applier {
     /// source transaction) and commits. Returns whether anything was written.
     /// Only after this returns may `end_lsn` be reported as flushed.
     pub async fn commit(&mut self, end_lsn: Lsn) -> Result<bool, SyncError> {
+        self.commit_batch(Some(end_lsn)).await
+    }
+
+    /// Commits; writes the progress row only with `Some(end_lsn)` (a batch of
+    /// retries is not a source transaction and moves no progress).
+    async fn commit_batch(&mut self, end_lsn: Option<Lsn>) -> Result<bool, SyncError> {
         let state = std::mem::replace(&mut self.state, TxnState::Idle);
         let TxnState::Open {
             target_open,
@@ -341,20 +351,22 @@ impl Applier {
         if !target_open {
             return Ok(false);
         }
-        let n = self
-            .target
-            .execute(
-                &self.t.write_progress,
-                &[&self.slot, &PgLsn::from(end_lsn), &commit_ts],
-            )
-            .await
-            .map_err(db("writing calendar_sync_progress"))?;
-        // Invariant: progress never decreases. A lower end LSN here means a
-        // transaction at or below the stored progress reached apply.
-        assert_eq!(
-            n, 1,
-            "progress would move backwards to {end_lsn}: refusing to commit"
-        );
+        if let Some(end_lsn) = end_lsn {
+            let n = self
+                .target
+                .execute(
+                    &self.t.write_progress,
+                    &[&self.slot, &PgLsn::from(end_lsn), &commit_ts],
+                )
+                .await
+                .map_err(db("writing calendar_sync_progress"))?;
+            // Invariant: progress never decreases. A lower end LSN here means a
+            // transaction at or below the stored progress reached apply.
+            assert_eq!(
+                n, 1,
+                "progress would move backwards to {end_lsn}: refusing to commit"
+            );
+        }
         self.target
             .batch_execute("commit")
             .await
@@ -362,7 +374,9 @@ impl Applier {
         for (action, status) in counts {
             self.metrics.action(action, status);
         }
-        self.metrics.transaction_applied(end_lsn, commit_ts);
+        if let Some(end_lsn) = end_lsn {
+            self.metrics.transaction_applied(end_lsn, commit_ts);
+        }
         if !synced.is_empty() {
             self.stamp_source(&synced).await;
         }
@@ -580,9 +594,6 @@ impl Applier {
         };
         self.log(id, Some(event_id), action, Status::Success, None, by, lsn)
             .await?;
-        self.target
-            .execute(&self.t.resolve_failures, &[&id])
-            .await?;
         if action != Action::Delete && self.write_synced_at {
             match &self.t.mark_synced {
                 Some(stmt) => {
@@ -612,6 +623,12 @@ impl Applier {
                 if let (Some(action), TxnState::Open { counts, .. }) = (action, &mut self.state) {
                     counts.push((action, Status::Success));
                 }
+                // Any successful sync of the interaction, also one that had
+                // nothing to write, resolves its open failure (contract §5).
+                self.target
+                    .execute(&self.t.resolve_failures, &[&id])
+                    .await
+                    .map_err(db("resolving calendar_sync_failures"))?;
                 self.target
                     .batch_execute("release savepoint change")
                     .await
@@ -645,7 +662,8 @@ impl Applier {
                         .map(|(_, f)| f.updated_by.unwrap_or(f.created_by)))
                     .unwrap_or(Uuid::nil());
                 tracing::warn!(interaction = %id, lsn = %lsn, error = %message, "change failed; recorded in calendar_sync_failures, stream goes on");
-                log::record_failure(&self.target, &self.t, id, action, &message)
+                let retry = matches!(self.state, TxnState::Open { retry: true, .. });
+                log::record_failure(&self.target, &self.t, id, action, &message, retry)
                     .await
                     .map_err(db("writing calendar_sync_failures"))?;
                 self.log(

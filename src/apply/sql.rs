@@ -23,6 +23,8 @@ pub struct TargetStatements {
     pub insert_log: Statement,
     pub resolve_failures: Statement,
     pub record_failure: Statement,
+    pub due_failures: Statement,
+    pub pending_failures: Statement,
     pub write_progress: Statement,
     /// Same-database mode only: `interaction.calendar_synced_at` inside the
     /// target transaction.
@@ -35,6 +37,8 @@ pub struct SourceStatements {
     pub participants: Statement,
     pub description: Statement,
     pub mark_synced_many: Statement,
+    /// The current state of one interaction with its participant names.
+    pub current_state: Statement,
     pub emit_echo_marker: Statement,
 }
 
@@ -111,14 +115,31 @@ pub async fn prepare_target(
             .prepare("update calendar_sync_failures set resolved = true where interaction_id = $1 and not resolved")
             .await?,
         // One open failure per interaction: a new failure updates it (contract §7).
+        // One open failure per interaction: a new failure updates it (contract
+        // §7). $5: this failure is a retry's, so it counts and backs off
+        // exponentially: 30 s * 2^retry_count, at most an hour.
         record_failure: c
             .prepare(
                 "insert into calendar_sync_failures (interaction_id, action, error_message, error_stack, next_retry_at)
                  values ($1, $2, $3, $4, now() + interval '30 seconds')
                  on conflict (interaction_id) where not resolved do update
                     set action = excluded.action, error_message = excluded.error_message,
-                        error_stack = excluded.error_stack",
+                        error_stack = excluded.error_stack,
+                        retry_count = calendar_sync_failures.retry_count + case when $5 then 1 else 0 end,
+                        last_retry_at = case when $5 then now() else calendar_sync_failures.last_retry_at end,
+                        next_retry_at = now() + least(interval '30 seconds'
+                            * power(2, least(calendar_sync_failures.retry_count + case when $5 then 1 else 0 end, 10)),
+                            interval '1 hour')",
             )
+            .await?,
+        due_failures: c
+            .prepare(
+                "select interaction_id from calendar_sync_failures
+                  where not resolved and next_retry_at <= now() order by next_retry_at limit 50",
+            )
+            .await?,
+        pending_failures: c
+            .prepare("select count(*) from calendar_sync_failures where not resolved")
             .await?,
         write_progress: c
             .prepare(
@@ -166,6 +187,9 @@ pub async fn prepare_source(
         description: c
             .prepare("select description from interaction where interaction_id = $1")
             .await?,
+        current_state: c
+            .prepare(&interaction_with_names(p, "where i.interaction_id = $1"))
+            .await?,
         mark_synced_many: c
             .prepare(
                 "update interaction set calendar_synced_at = now() where interaction_id = any($1)",
@@ -175,4 +199,49 @@ pub async fn prepare_source(
             .prepare("select pg_logical_emit_message(true, $1, $2)::text")
             .await?,
     })
+}
+
+/// `interaction` rows (mapped columns only) with the participant names of
+/// their customer and contact (`p_customer`, `p_first`, `p_last`, `p_email`).
+/// Used by the snapshot and by retries.
+pub fn interaction_with_names(p: &ParticipantSchema, filter: &str) -> String {
+    let q = quote_ident;
+    format!(
+        "select {cols}, cu.{cname}::text as p_customer, co.{first}::text as p_first,
+                co.{last}::text as p_last, co.{email}::text as p_email
+           from interaction i
+           left join {customer} cu on cu.{cid} = i.customer_id
+           left join {contact} co on co.{tid} = i.contact_id
+         {filter}",
+        cols = crate::mapping::InteractionRow::select_list("i"),
+        cname = q(&p.customer_name),
+        first = q(&p.contact_first_name),
+        last = q(&p.contact_last_name),
+        email = q(&p.contact_email),
+        customer = q(&p.customer_table),
+        cid = q(&p.customer_id),
+        contact = q(&p.contact_table),
+        tid = q(&p.contact_id),
+    )
+}
+
+/// Participants from a row selected with [`interaction_with_names`].
+pub fn participants_of(row: &tokio_postgres::Row) -> Vec<String> {
+    use crate::mapping::fields::{contact_name, participants};
+    let get = |c: &str| row.try_get::<_, Option<String>>(c).ok().flatten();
+    let has_contact = row
+        .try_get::<_, Option<uuid::Uuid>>("contact_id")
+        .ok()
+        .flatten()
+        .is_some();
+    let contact = if has_contact {
+        contact_name(
+            get("p_first").as_deref(),
+            get("p_last").as_deref(),
+            get("p_email").as_deref(),
+        )
+    } else {
+        None
+    };
+    participants(get("p_customer"), contact)
 }

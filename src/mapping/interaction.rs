@@ -124,6 +124,11 @@ impl InteractionColumns {
         })
     }
 
+    /// Number of columns of the Relation this map was built from.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
     /// The interaction id of a key or old tuple (DELETE, or UPDATE of the key).
     pub fn key(&self, tuple: &Tuple) -> Result<Uuid, RowError> {
         let r = Reader { cols: self, tuple };

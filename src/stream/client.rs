@@ -21,14 +21,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use pgwire_replication::{ReplicationClient, ReplicationConfig, TlsConfig};
-use tokio_postgres::{Client, Row};
+use tokio_postgres::Client;
 
-use crate::apply::Applier;
+use crate::apply::{sql, Applier};
 use crate::config::Config;
-use crate::db::{self, quote_ident, quote_literal};
+use crate::db::{self, quote_literal};
 use crate::error::SyncError;
 use crate::lsn::Lsn;
-use crate::mapping::fields::{contact_name, participants};
 use crate::mapping::InteractionRow;
 
 /// Rows fetched per round trip while copying the snapshot.
@@ -192,25 +191,10 @@ async fn copy_snapshot(
         .await
         .map_err(err("reading the snapshot time"))?
         .get(0);
-    let p = &cfg.participants;
-    let q = quote_ident;
     reader
         .batch_execute(&format!(
-            "declare calendar_sync_snapshot no scroll cursor for
-             select {cols}, cu.{cname}::text as p_customer, co.{first}::text as p_first,
-                    co.{last}::text as p_last, co.{email}::text as p_email
-               from interaction i
-               left join {customer} cu on cu.{cid} = i.customer_id
-               left join {contact} co on co.{tid} = i.contact_id",
-            cols = InteractionRow::select_list("i"),
-            cname = q(&p.customer_name),
-            first = q(&p.contact_first_name),
-            last = q(&p.contact_last_name),
-            email = q(&p.contact_email),
-            customer = q(&p.customer_table),
-            cid = q(&p.customer_id),
-            contact = q(&p.contact_table),
-            tid = q(&p.contact_id),
+            "declare calendar_sync_snapshot no scroll cursor for {}",
+            sql::interaction_with_names(&cfg.participants, "")
         ))
         .await
         .map_err(err("opening the snapshot cursor"))?;
@@ -239,7 +223,7 @@ async fn copy_snapshot(
                 .upsert(
                     id,
                     InteractionRow::from_sql(row),
-                    Some(snapshot_participants(row)),
+                    Some(sql::participants_of(row)),
                 )
                 .await?;
             copied += 1;
@@ -253,23 +237,68 @@ async fn copy_snapshot(
     Ok(copied)
 }
 
-fn snapshot_participants(row: &Row) -> Vec<String> {
-    let get = |c: &str| row.try_get::<_, Option<String>>(c).ok().flatten();
-    let has_contact = row
-        .try_get::<_, Option<uuid::Uuid>>("contact_id")
-        .ok()
-        .flatten()
-        .is_some();
-    let contact = if has_contact {
-        contact_name(
-            get("p_first").as_deref(),
-            get("p_last").as_deref(),
-            get("p_email").as_deref(),
+/// Checks what the server must offer before a slot can stream, so that each
+/// missing piece is one clear error with its fix.
+pub async fn preflight(source: &Client, cfg: &Config) -> Result<(), SyncError> {
+    let err = |what: &'static str| move |e| SyncError::db(what, e);
+    let wal_level: String = source
+        .query_one("select current_setting('wal_level')", &[])
+        .await
+        .map_err(err("reading wal_level"))?
+        .get(0);
+    if wal_level != "logical" {
+        return Err(SyncError::fatal(
+            format!("wal_level is {wal_level}, logical replication needs logical"),
+            "set wal_level = logical and restart PostgreSQL (on RDS: parameter rds.logical_replication = 1, then reboot)",
+        ));
+    }
+    let may_replicate: bool = source
+        .query_one(
+            "select r.rolsuper or r.rolreplication
+                    or (exists (select 1 from pg_roles where rolname = 'rds_replication')
+                        and pg_has_role(current_user, 'rds_replication', 'member'))
+               from pg_roles r where r.rolname = current_user",
+            &[],
         )
-    } else {
-        None
-    };
-    participants(get("p_customer"), contact)
+        .await
+        .map_err(err("reading the role's attributes"))?
+        .get(0);
+    if !may_replicate {
+        return Err(SyncError::fatal(
+            "the database role has no replication rights",
+            "ALTER ROLE <role> REPLICATION (on RDS: GRANT rds_replication TO <role>)",
+        ));
+    }
+    check_publication(source, cfg).await
+}
+
+/// The publication exists and publishes interaction. Also checked while
+/// streaming: `ALTER TABLE .. DROP COLUMN .. CASCADE` of a listed column takes
+/// the table out of the publication, after which its changes would silently
+/// stop arriving.
+pub async fn check_publication(source: &Client, cfg: &Config) -> Result<(), SyncError> {
+    let row = source
+        .query_one(
+            "select exists (select 1 from pg_publication where pubname = $1),
+                    exists (select 1 from pg_publication_tables where pubname = $1 and tablename = 'interaction')",
+            &[&cfg.publication],
+        )
+        .await
+        .map_err(|e| SyncError::db("reading the publication", e))?;
+    let (exists, has_interaction): (bool, bool) = (row.get(0), row.get(1));
+    if !exists {
+        return Err(SyncError::fatal(
+            format!("publication {} does not exist", cfg.publication),
+            "run `calendar-sync migrate` (it creates the publication), or set CALENDAR_SYNC_PUBLICATION",
+        ));
+    }
+    if !has_interaction {
+        return Err(SyncError::fatal(
+            format!("publication {} does not publish interaction, so no change would arrive", cfg.publication),
+            format!("ALTER PUBLICATION {} ADD TABLE interaction (<mapped columns>), or drop the publication and run `calendar-sync migrate`", cfg.publication),
+        ));
+    }
+    Ok(())
 }
 
 /// Drops a slot whose snapshot never finished. Refuses when a session holds it.

@@ -29,19 +29,11 @@ use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::pgoutput::{self, Message};
 use crate::stream::client;
+use crate::txn::Framer;
 
 /// Set to `true` to stop: the loop rolls back an open batch, sends a final
 /// status update and returns `Ok`.
 pub type Shutdown = watch::Receiver<bool>;
-
-/// The source transaction being received.
-struct OpenTxn {
-    final_lsn: Lsn,
-    /// Already applied before (replay): ignore its changes.
-    replay: bool,
-    /// Carries our echo marker: ignore its changes.
-    own: bool,
-}
 
 /// Runs until `shutdown`, reconnecting after transient failures with
 /// exponential backoff (capped, with jitter). Returns a fatal error as is.
@@ -58,11 +50,13 @@ pub async fn run(cfg: &Config, mut shutdown: Shutdown, metrics: Metrics) -> Resu
                 let delay = backoff(attempt);
                 attempt = attempt.saturating_add(1);
                 metrics.reconnect();
+                metrics.set_backoff(Some(delay));
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, attempt, "transient failure; rolled back, will reconnect and replay from the stored progress");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => return Ok(()),
                 }
+                metrics.set_backoff(None);
                 if *shutdown.borrow() {
                     return Ok(());
                 }
@@ -100,6 +94,7 @@ async fn session(
     let source = db::connect(&cfg.source_url, "source").await?;
     let lookups = db::connect(&cfg.source_url, "source").await?;
     let stored = client::stored_progress(&target, &cfg.slot).await?;
+    client::preflight(&source, cfg).await?;
     let slot = client::slot_info(&source, &cfg.slot).await?;
     let mut applier = Applier::new(cfg, target, lookups, metrics.clone()).await?;
 
@@ -153,30 +148,33 @@ async fn session(
             (repl, consistent_point)
         }
     };
-    drop(source);
     repl.wait_started()
         .await
         .map_err(|e| SyncError::stream("starting replication", e))?;
     tracing::info!(slot = %cfg.slot, publication = %cfg.publication, "streaming");
-    let mut acked = Lsn::ZERO;
-    let result = stream(
+    metrics.set_streaming(true);
+    let mut s = Streamer {
         cfg,
-        &mut repl,
-        &mut applier,
+        repl,
+        applier,
+        source,
+        metrics: metrics.clone(),
         progress,
-        shutdown,
-        progressed,
-        &mut acked,
-    )
-    .await;
+        acked: Lsn::ZERO,
+        framer: Framer::new(),
+        relations: RelationCache::new(cfg.participants.clone()),
+        last_commit_ts: None,
+    };
+    let result = s.run(shutdown, progressed).await;
+    metrics.set_streaming(false);
     // On SIGTERM mid-transaction the open batch is rolled back: it is replayed
     // on the next start, from the stored progress.
-    applier.rollback().await;
+    s.applier.rollback().await;
     if result.is_err() {
-        repl.abort();
+        s.repl.abort();
         return result;
     }
-    finish(&mut repl, cfg, acked).await;
+    finish(&mut s.repl, cfg, s.acked).await;
     result
 }
 
@@ -193,132 +191,177 @@ async fn finish(repl: &mut ReplicationClient, cfg: &Config, acked: Lsn) {
     let _ = tokio::time::timeout(Duration::from_secs(3), repl.shutdown()).await;
 }
 
-async fn stream(
-    cfg: &Config,
-    repl: &mut ReplicationClient,
-    applier: &mut Applier,
-    mut progress: Lsn,
-    shutdown: &mut Shutdown,
-    progressed: &mut bool,
-    acked: &mut Lsn,
-) -> Result<(), SyncError> {
-    let mut relations = RelationCache::new(cfg.participants.clone());
-    let mut txn: Option<OpenTxn> = None;
-    let fatal_stream = |e: crate::changes::StreamError| {
-        SyncError::fatal(
-            format!("replication stream: {e}"),
-            "nothing was applied from this transaction; if a table changed shape, restore the column or adapt the mapping, then restart",
-        )
-    };
-    loop {
-        let event = tokio::select! {
-            biased;
-            _ = shutdown.changed() => return Ok(()),
-            ev = repl.recv() => ev.map_err(|e| SyncError::stream("receiving from the replication stream", e))?,
+/// How often, between transactions, due failures are retried and the lag
+/// metrics refreshed.
+const TICK: Duration = Duration::from_secs(2);
+/// Every this many ticks the publication is checked (see `check_publication`).
+const PUBLICATION_CHECK_TICKS: u32 = 15;
+
+/// One streaming session's state.
+struct Streamer<'a> {
+    cfg: &'a Config,
+    repl: ReplicationClient,
+    applier: Applier,
+    /// For periodic checks of the publication.
+    source: tokio_postgres::Client,
+    metrics: Metrics,
+    /// End LSN of the last source transaction applied (or known to need nothing).
+    progress: Lsn,
+    /// Highest LSN reported to the server as flushed.
+    acked: Lsn,
+    framer: Framer,
+    relations: RelationCache,
+    last_commit_ts: Option<DateTime<Utc>>,
+}
+
+fn fatal_stream(e: &dyn std::fmt::Display) -> SyncError {
+    SyncError::fatal(
+        format!("replication stream: {e}"),
+        "nothing of this transaction was applied and progress did not move; if a table changed shape, restore the column (or adapt the mapping) and start again: the transaction is replayed",
+    )
+}
+
+impl Streamer<'_> {
+    async fn run(
+        &mut self,
+        shutdown: &mut Shutdown,
+        progressed: &mut bool,
+    ) -> Result<(), SyncError> {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks: u32 = 0;
+        loop {
+            let idle = self.framer.is_idle();
+            let event = tokio::select! {
+                biased;
+                _ = shutdown.changed() => return Ok(()),
+                _ = tick.tick(), if idle => {
+                    ticks = ticks.wrapping_add(1);
+                    self.tick(ticks % PUBLICATION_CHECK_TICKS == 0).await?;
+                    continue;
+                }
+                ev = self.repl.recv() => ev.map_err(|e| SyncError::stream("receiving from the replication stream", e))?,
+            };
+            let Some(event) = event else {
+                return Err(SyncError::transient(
+                    "replication stream",
+                    "the server ended the stream",
+                ));
+            };
+            if self.handle(event).await? {
+                *progressed = true;
+            }
+        }
+    }
+
+    /// Between transactions: retry due failures, refresh gauges, and now and
+    /// then make sure the publication still publishes interaction.
+    async fn tick(&mut self, check_publication: bool) -> Result<(), SyncError> {
+        self.applier.retry_due(self.progress).await?;
+        self.metrics
+            .set_pending_failures(self.applier.pending_failures().await?);
+        let wal_end = Lsn::from(self.repl.metrics().last_wal_end());
+        let behind = wal_end.0.saturating_sub(self.acked.0);
+        let seconds = match (behind, self.last_commit_ts) {
+            (0, _) | (_, None) => 0.0,
+            (_, Some(ts)) => (Utc::now() - ts).num_milliseconds().max(0) as f64 / 1000.0,
         };
-        let Some(event) = event else {
-            return Err(SyncError::transient(
-                "replication stream",
-                "the server ended the stream",
-            ));
-        };
+        self.metrics.set_lag(behind, seconds);
+        if check_publication {
+            client::check_publication(&self.source, self.cfg).await?;
+        }
+        Ok(())
+    }
+
+    /// Handles one event; returns whether a target transaction committed.
+    async fn handle(&mut self, event: ReplicationEvent) -> Result<bool, SyncError> {
         match event {
             ReplicationEvent::Begin {
                 final_lsn,
                 commit_time_micros,
                 ..
             } => {
-                if txn.is_some() {
-                    return Err(fatal_stream_msg("Begin inside an open transaction"));
+                let t = self
+                    .framer
+                    .begin(
+                        Lsn::from(final_lsn),
+                        pg_time(commit_time_micros),
+                        self.progress,
+                    )
+                    .map_err(|e| fatal_stream(&e))?;
+                if !t.replay {
+                    self.applier.begin(t.final_lsn, t.commit_ts);
                 }
-                let final_lsn = Lsn::from(final_lsn);
-                let replay = final_lsn.already_applied(progress);
-                if !replay {
-                    applier.begin(final_lsn, pg_time(commit_time_micros));
-                }
-                txn = Some(OpenTxn {
-                    final_lsn,
-                    replay,
-                    own: false,
-                });
             }
             ReplicationEvent::Message {
                 transactional: true,
                 prefix,
-                content,
                 ..
-            } => {
-                if let Some(t) = txn.as_mut() {
-                    if prefix == ECHO_PREFIX && content.as_ref() == cfg.slot.as_bytes() {
-                        t.own = true;
-                    }
-                }
-            }
+            } => self.framer.message(prefix == ECHO_PREFIX),
             ReplicationEvent::Message { .. } => {}
             ReplicationEvent::XLogData { data, .. } => {
-                let msg = pgoutput::parse(&data).map_err(|e| fatal_stream(e.into()))?;
+                let msg = pgoutput::parse(&data).map_err(|e| fatal_stream(&e))?;
                 match &msg {
-                    Message::Relation(r) => relations.on_relation(r).map_err(fatal_stream)?,
+                    Message::Relation(r) => self
+                        .relations
+                        .on_relation(r)
+                        .map_err(|e| fatal_stream(&e))?,
                     Message::Insert(_)
                     | Message::Update(_)
                     | Message::Delete(_)
                     | Message::Truncate(_) => {
-                        let Some(t) = txn.as_ref() else {
-                            return Err(fatal_stream_msg("a change arrived outside Begin/Commit"));
-                        };
-                        if t.replay || t.own {
-                            continue;
-                        }
-                        for change in relations.changes(&msg).map_err(fatal_stream)? {
-                            apply(applier, change).await?;
+                        if self
+                            .framer
+                            .change()
+                            .map_err(|e| fatal_stream(&e))?
+                            .applies()
+                        {
+                            for change in
+                                self.relations.changes(&msg).map_err(|e| fatal_stream(&e))?
+                            {
+                                apply(&mut self.applier, change).await?;
+                            }
                         }
                     }
                     _ => {}
                 }
             }
             ReplicationEvent::Commit { lsn, end_lsn, .. } => {
-                let Some(t) = txn.take() else {
-                    return Err(fatal_stream_msg("Commit without Begin"));
-                };
-                let (lsn, end_lsn) = (Lsn::from(lsn), Lsn::from(end_lsn));
-                if lsn != t.final_lsn {
-                    return Err(fatal_stream_msg(&format!(
-                        "Commit LSN {lsn} does not match Begin final LSN {}",
-                        t.final_lsn
-                    )));
-                }
-                if !t.replay {
-                    if t.own {
-                        applier.rollback().await;
-                    } else if applier.commit(end_lsn).await? {
-                        *progressed = true;
+                let t = self
+                    .framer
+                    .commit(Lsn::from(lsn))
+                    .map_err(|e| fatal_stream(&e))?;
+                let end_lsn = Lsn::from(end_lsn);
+                let mut committed = false;
+                if t.applies() {
+                    committed = self.applier.commit(end_lsn).await?;
+                    if committed {
                         tracing::debug!(lsn = %end_lsn, "applied source transaction");
                     }
+                    self.last_commit_ts = Some(t.commit_ts);
+                } else if !t.replay {
+                    // Our own transaction: nothing was written for it.
+                    self.applier.rollback().await;
                 }
-                progress = progress.max(end_lsn);
-                ack(repl, acked, end_lsn);
+                self.progress = self.progress.max(end_lsn);
+                self.ack(end_lsn);
+                return Ok(committed);
             }
             ReplicationEvent::KeepAlive { wal_end, .. } => {
-                if txn.is_none() && !applier.is_open() {
-                    ack(repl, acked, Lsn::from(wal_end));
+                if self.framer.is_idle() && !self.applier.is_open() {
+                    self.ack(Lsn::from(wal_end));
                 }
             }
-            ReplicationEvent::StoppedAt { .. } => return Ok(()),
+            ReplicationEvent::StoppedAt { .. } => {}
         }
+        Ok(false)
     }
-}
 
-/// Reports `lsn` as flushed (monotonic; see the module docs for when).
-fn ack(repl: &ReplicationClient, acked: &mut Lsn, lsn: Lsn) {
-    *acked = (*acked).max(lsn);
-    repl.update_applied_lsn(lsn.into());
-}
-
-fn fatal_stream_msg(what: &str) -> SyncError {
-    SyncError::fatal(
-        format!("replication stream out of order: {what}"),
-        "the stream is restarted from the stored progress on the next start; report this with the log",
-    )
+    /// Reports `lsn` as flushed (monotonic; see the module docs for when).
+    fn ack(&mut self, lsn: Lsn) {
+        self.acked = self.acked.max(lsn);
+        self.repl.update_applied_lsn(lsn.into());
+    }
 }
 
 async fn apply(applier: &mut Applier, change: SourceChange) -> Result<(), SyncError> {
