@@ -35,11 +35,13 @@ pub enum SourceChange {
         id: Uuid,
     },
     InteractionTruncate,
-    /// A customer or contact was inserted, updated or deleted (`name: None`).
+    /// A customer or contact was inserted or updated (`name`: its display
+    /// name), or deleted.
     PartyChanged {
         party: Party,
         id: Uuid,
         name: Option<String>,
+        deleted: bool,
     },
 }
 
@@ -298,7 +300,12 @@ fn party_change(
             crate::mapping::fields::contact_name(get(0), get(1), get(2))
         }
     });
-    Ok(SourceChange::PartyChanged { party, id, name })
+    Ok(SourceChange::PartyChanged {
+        party,
+        id,
+        name,
+        deleted: names.is_none(),
+    })
 }
 
 #[cfg(test)]

@@ -115,24 +115,14 @@ enum Head {
 }
 
 async fn handle(mut stream: TcpStream, metrics: &Metrics, io_timeout: Duration) -> io::Result<()> {
+    let timed_out =
+        |what: &str| io::Error::new(io::ErrorKind::TimedOut, format!("{what} timed out"));
     let head = match timeout(io_timeout, read_head(&mut stream)).await {
-        Ok(head) => head?,
-        Err(_) => {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "request head timed out",
-            ))
-        }
-    };
-    let head = match head {
-        Head::Complete(head) => head,
-        Head::TooLarge => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "request head too large",
-            ));
-        }
-        Head::Closed => return Ok(()),
+        Err(_) => return Err(timed_out("reading the request head")),
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(Head::TooLarge)) => return Err(io::Error::other("request head too large")),
+        Ok(Ok(Head::Closed)) => return Ok(()),
+        Ok(Ok(Head::Complete(head))) => head,
     };
     let response = respond(&head, metrics);
     timeout(io_timeout, async {
@@ -140,7 +130,7 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics, io_timeout: Duration) 
         stream.shutdown().await
     })
     .await
-    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "writing the response timed out"))??;
+    .map_err(|_| timed_out("writing the response"))??;
     linger(&mut stream).await;
     Ok(())
 }
@@ -227,43 +217,31 @@ fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// The full response (status line, headers and, except for HEAD, body).
+/// The full response: status line, headers and, except for HEAD, body.
 fn respond(head: &[u8], metrics: &Metrics) -> Vec<u8> {
-    let Some(req) = parse_request_line(head) else {
-        return response("400 Bad Request", TEXT_CONTENT_TYPE, "bad request\n", true);
-    };
-    let with_body = match req.method {
-        "GET" => true,
-        "HEAD" => false,
-        _ => {
-            return response(
-                "405 Method Not Allowed",
-                TEXT_CONTENT_TYPE,
-                "method not allowed\n",
-                true,
-            )
+    let req = parse_request_line(head);
+    let with_body = req.as_ref().is_none_or(|r| r.method != "HEAD");
+    let mut content_type = TEXT_CONTENT_TYPE;
+    let (status, body) = match req {
+        None => ("400 Bad Request", "bad request\n".to_owned()),
+        Some(r) if !matches!(r.method, "GET" | "HEAD") => {
+            ("405 Method Not Allowed", "method not allowed\n".to_owned())
         }
-    };
-    match req.path {
-        "/healthz" => response("200 OK", TEXT_CONTENT_TYPE, "ok\n", with_body),
-        "/readyz" => match metrics.is_ready() {
-            Ok(()) => response("200 OK", TEXT_CONTENT_TYPE, "ready\n", with_body),
-            Err(reason) => response(
-                "503 Service Unavailable",
-                TEXT_CONTENT_TYPE,
-                &format!("{reason}\n"),
-                with_body,
-            ),
+        Some(r) => match r.path {
+            "/healthz" => ("200 OK", "ok\n".to_owned()),
+            "/readyz" => match metrics.is_ready() {
+                Ok(()) => ("200 OK", "ready\n".to_owned()),
+                Err(reason) => ("503 Service Unavailable", format!("{reason}\n")),
+            },
+            "/metrics" => {
+                content_type = METRICS_CONTENT_TYPE;
+                ("200 OK", metrics.render())
+            }
+            _ => ("404 Not Found", "not found\n".to_owned()),
         },
-        "/metrics" => response("200 OK", METRICS_CONTENT_TYPE, &metrics.render(), with_body),
-        _ => response("404 Not Found", TEXT_CONTENT_TYPE, "not found\n", with_body),
-    }
-}
-
-/// `status` is the code and reason phrase, e.g. `"200 OK"`.
-fn response(status: &str, content_type: &str, body: &str, with_body: bool) -> Vec<u8> {
+    };
     let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\n\
+        "HTTP/1.1 {status}\r\n\
          Content-Type: {content_type}\r\n\
          Content-Length: {}\r\n\
          Cache-Control: no-store\r\n\
@@ -594,7 +572,7 @@ mod tests {
     }
 
     #[test]
-    fn request_line_parsing() {
+    fn request_line_and_head_end() {
         assert_eq!(
             parse_request_line(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n"),
             Some(RequestLine {
@@ -604,10 +582,6 @@ mod tests {
         );
         assert_eq!(parse_request_line(b"GET /metrics HTTP/1.1 x\r\n\r\n"), None);
         assert_eq!(parse_request_line(b"\r\n\r\n"), None);
-    }
-
-    #[test]
-    fn head_end_finds_blank_line() {
         assert_eq!(head_end(b"a\r\n\r\nrest"), Some(5));
         assert_eq!(head_end(b"a\n\nrest"), Some(3));
         assert_eq!(head_end(b"a\r\nb\r\n"), None);

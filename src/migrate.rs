@@ -23,10 +23,16 @@ const SOURCE_MIGRATIONS: &[Migration] = &[Migration {
     sql: include_str!("../migrations/source/0001_interaction_synced_at.sql"),
 }];
 
-const TARGET_MIGRATIONS: &[Migration] = &[Migration {
-    name: "target/0001_calendar_tables",
-    sql: include_str!("../migrations/target/0001_calendar_tables.sql"),
-}];
+const TARGET_MIGRATIONS: &[Migration] = &[
+    Migration {
+        name: "target/0001_calendar_tables",
+        sql: include_str!("../migrations/target/0001_calendar_tables.sql"),
+    },
+    Migration {
+        name: "target/0002_party_names",
+        sql: include_str!("../migrations/target/0002_party_names.sql"),
+    },
+];
 
 /// Any constant: the advisory lock that serialises concurrent `migrate`s.
 const MIGRATION_LOCK: i64 = 0x6361_6c73_796e_6301;

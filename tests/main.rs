@@ -3,9 +3,14 @@
 
 mod support;
 
+mod crash;
 mod echo;
+mod failures;
+mod idle;
 mod mapping;
 mod process;
+mod recovery;
+mod schema_change;
 mod snapshot;
 mod streaming;
 mod target;

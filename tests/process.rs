@@ -34,10 +34,11 @@ async fn migrate_is_idempotent() {
             );
         }
     }
+    // One source and two target migrations, each recorded once.
     assert_eq!(
         db.count("select count(*) from calendar_sync_schema_migrations")
             .await,
-        2
+        3
     );
     // No slot: `migrate` never creates it.
     assert_eq!(

@@ -31,6 +31,7 @@
 //! Management Functions"), unlike replication origins.
 
 mod log;
+mod party;
 mod retry;
 pub mod sql;
 
@@ -41,11 +42,10 @@ use tokio_postgres::types::PgLsn;
 use tokio_postgres::{Client, Row};
 use uuid::Uuid;
 
-use crate::changes::Party;
 use crate::config::Config;
 use crate::error::{classify_pg, describe_pg, ErrorClass, SyncError};
 use crate::lsn::Lsn;
-use crate::mapping::fields::{contact_name, participants};
+use crate::mapping::fields::participants;
 use crate::mapping::rules::{decide, Change};
 use crate::mapping::{Action, Decision, EventFields, EventStatus, InteractionRow, RowError, Toast};
 use crate::metrics::{Metrics, Status};
@@ -127,11 +127,9 @@ impl Applier {
             .map_err(db(
                 "preparing target statements (has `calendar-sync migrate` run?)",
             ))?;
-        let s = sql::prepare_source(&source, &cfg.participants)
-            .await
-            .map_err(db(
-                "preparing source statements (are customer and contact as configured?)",
-            ))?;
+        let s = sql::prepare_source(&source).await.map_err(db(
+            "preparing source statements (are customer and contact as configured?)",
+        ))?;
         Ok(Applier {
             target,
             source,
@@ -257,72 +255,6 @@ impl Applier {
                 (Action::Delete, Status::Success),
                 n as usize,
             ));
-        }
-        Ok(())
-    }
-
-    /// A customer or contact row changed (or was deleted: `name` is `None`):
-    /// refresh `participants` of the events that show it.
-    pub async fn party_changed(
-        &mut self,
-        party: Party,
-        id: Uuid,
-        name: Option<String>,
-    ) -> Result<(), SyncError> {
-        let (lsn, _) = self.ensure_target_txn().await?;
-        let stmt = match party {
-            Party::Customer => &self.t.events_of_customer,
-            Party::Contact => &self.t.events_of_contact,
-        };
-        let rows = self
-            .target
-            .query(stmt, &[&id])
-            .await
-            .map_err(db("finding events of a renamed customer/contact"))?;
-        for row in rows {
-            let (event_id, fields) = event_from_row(&row).map_err(|e| {
-                SyncError::fatal(
-                    format!("reading calendar_events: {e}"),
-                    "check the calendar_events schema",
-                )
-            })?;
-            let interaction_id: Uuid = row
-                .try_get("related_id")
-                .map_err(db("reading calendar_events.related_id"))?;
-            let (customer_name, contact) = self
-                .lookup_names(fields.customer_id, fields.contact_id)
-                .await
-                .map_err(db("looking up participant names"))?;
-            let (customer_name, contact) = match party {
-                Party::Customer => (name.clone(), contact),
-                Party::Contact => (customer_name, name.clone()),
-            };
-            let wanted = participants(customer_name, contact);
-            if wanted == fields.participants {
-                continue;
-            }
-            let n = self
-                .target
-                .execute(
-                    &self.t.set_participants,
-                    &[&event_id, &wanted, &PgLsn::from(lsn)],
-                )
-                .await
-                .map_err(db("refreshing participants"))?;
-            if n == 1 {
-                let by = fields.updated_by.unwrap_or(fields.created_by);
-                self.log(
-                    interaction_id,
-                    Some(event_id),
-                    Action::Update,
-                    Status::Success,
-                    None,
-                    by,
-                    lsn,
-                )
-                .await
-                .map_err(db("writing calendar_sync_log"))?;
-            }
         }
         Ok(())
     }
@@ -464,29 +396,6 @@ impl Applier {
             self.tz,
         )?;
         self.write(id, decision, existing, lsn).await
-    }
-
-    async fn lookup_names(
-        &self,
-        customer: Option<Uuid>,
-        contact: Option<Uuid>,
-    ) -> Result<(Option<String>, Option<String>), tokio_postgres::Error> {
-        if customer.is_none() && contact.is_none() {
-            return Ok((None, None));
-        }
-        let r = self
-            .source
-            .query_one(&self.s.participants, &[&customer, &contact])
-            .await?;
-        let first: Option<String> = r.get(1);
-        let last: Option<String> = r.get(2);
-        let email: Option<String> = r.get(3);
-        let contact = contact.and(contact_name(
-            first.as_deref(),
-            last.as_deref(),
-            email.as_deref(),
-        ));
-        Ok((r.get(0), contact))
     }
 
     /// Writes one decision. Returns the logged action; `None` when nothing was written.

@@ -16,9 +16,14 @@ pub struct TargetStatements {
     pub insert_event: Statement,
     pub update_event: Statement,
     pub delete_event: Statement,
-    pub events_of_customer: Statement,
-    pub events_of_contact: Statement,
-    pub set_participants: Statement,
+    pub upsert_party_name: Statement,
+    pub delete_party_name: Statement,
+    /// `(customer name, contact name)` for `($1, $2)` from the names table.
+    pub party_names: Statement,
+    /// `($1 party, $2 ids, $3 names)`: snapshot copy.
+    pub copy_party_names: Statement,
+    pub refresh_by_customer: Statement,
+    pub refresh_by_contact: Statement,
     pub truncate_events: Statement,
     pub insert_log: Statement,
     pub resolve_failures: Statement,
@@ -34,10 +39,9 @@ pub struct TargetStatements {
 
 /// Statements on the source (lookup) connection.
 pub struct SourceStatements {
-    pub participants: Statement,
     pub description: Statement,
     pub mark_synced_many: Statement,
-    /// The current state of one interaction with its participant names.
+    /// The current state of one interaction (retries).
     pub current_state: Statement,
     pub emit_echo_marker: Statement,
 }
@@ -76,24 +80,32 @@ pub async fn prepare_target(
             )
             .await?,
         delete_event: c.prepare("delete from calendar_events where event_id = $1").await?,
-        events_of_customer: c
-            .prepare(&format!(
-                "select {EVENT_COLUMNS}, related_id from calendar_events
-                  where related_table = 'interaction' and customer_id = $1 order by event_id for update"
-            ))
-            .await?,
-        events_of_contact: c
-            .prepare(&format!(
-                "select {EVENT_COLUMNS}, related_id from calendar_events
-                  where related_table = 'interaction' and contact_id = $1 order by event_id for update"
-            ))
-            .await?,
-        set_participants: c
+        upsert_party_name: c
             .prepare(
-                "update calendar_events set participants = $2, last_synced_at = now(), source_lsn = $3
-                  where event_id = $1 and (source_lsn is null or source_lsn <= $3)",
+                "insert into calendar_sync_party_names (party, id, name) values ($1, $2, $3)
+                 on conflict (party, id) do update set name = excluded.name",
             )
             .await?,
+        delete_party_name: c
+            .prepare("delete from calendar_sync_party_names where party = $1 and id = $2")
+            .await?,
+        party_names: c
+            .prepare(
+                "select (select name from calendar_sync_party_names where party = 'customer' and id = $1),
+                        (select name from calendar_sync_party_names where party = 'contact' and id = $2)",
+            )
+            .await?,
+        copy_party_names: c
+            .prepare(
+                "insert into calendar_sync_party_names (party, id, name)
+                 select $1, * from unnest($2::uuid[], $3::text[])
+                 on conflict (party, id) do update set name = excluded.name",
+            )
+            .await?,
+        // Set-based participant refresh of every event showing customer
+        // (contact) $1, one `update` log row each, only where the array changes.
+        refresh_by_customer: c.prepare(&refresh_participants("customer_id")).await?,
+        refresh_by_contact: c.prepare(&refresh_participants("contact_id")).await?,
         // One log row per deleted event (contract §2, TRUNCATE), set-based.
         truncate_events: c
             .prepare(
@@ -162,33 +174,16 @@ pub async fn prepare_target(
     })
 }
 
-pub async fn prepare_source(
-    c: &Client,
-    p: &ParticipantSchema,
-) -> Result<SourceStatements, tokio_postgres::Error> {
-    let q = quote_ident;
+pub async fn prepare_source(c: &Client) -> Result<SourceStatements, tokio_postgres::Error> {
     Ok(SourceStatements {
-        participants: c
-            .prepare(&format!(
-                "select cu.{cname}::text, co.{first}::text, co.{last}::text, co.{email}::text
-                   from (select 1) as one
-                   left join {customer} as cu on cu.{cid} = $1
-                   left join {contact} as co on co.{tid} = $2",
-                cname = q(&p.customer_name),
-                first = q(&p.contact_first_name),
-                last = q(&p.contact_last_name),
-                email = q(&p.contact_email),
-                customer = q(&p.customer_table),
-                cid = q(&p.customer_id),
-                contact = q(&p.contact_table),
-                tid = q(&p.contact_id),
-            ))
-            .await?,
         description: c
             .prepare("select description from interaction where interaction_id = $1")
             .await?,
         current_state: c
-            .prepare(&interaction_with_names(p, "where i.interaction_id = $1"))
+            .prepare(&format!(
+                "select {} from interaction i where i.interaction_id = $1",
+                crate::mapping::InteractionRow::select_list("i")
+            ))
             .await?,
         mark_synced_many: c
             .prepare(
@@ -244,4 +239,24 @@ pub fn participants_of(row: &tokio_postgres::Row) -> Vec<String> {
         None
     };
     participants(get("p_customer"), contact)
+}
+
+fn refresh_participants(key: &str) -> String {
+    format!(
+        "with wanted as (
+             select e.event_id, e.related_id, coalesce(e.updated_by, e.created_by) as by,
+                    array_remove(array[cu.name, ct.name], null) as p
+               from calendar_events e
+               left join calendar_sync_party_names cu on cu.party = 'customer' and cu.id = e.customer_id
+               left join calendar_sync_party_names ct on ct.party = 'contact' and ct.id = e.contact_id
+              where e.related_table = 'interaction' and e.{key} = $1),
+         changed as (
+             update calendar_events e set participants = w.p, last_synced_at = now(), source_lsn = $2
+               from wanted w
+              where e.event_id = w.event_id and e.participants is distinct from w.p
+                and (e.source_lsn is null or e.source_lsn <= $2)
+             returning e.event_id, w.related_id, w.by)
+         insert into calendar_sync_log (interaction_id, event_id, action, status, created_by, source_lsn)
+         select related_id, event_id, 'update', 'success', by, $2 from changed"
+    )
 }

@@ -24,10 +24,12 @@ use pgwire_replication::{ReplicationClient, ReplicationConfig, TlsConfig};
 use tokio_postgres::Client;
 
 use crate::apply::{sql, Applier};
+use crate::changes::Party;
 use crate::config::Config;
-use crate::db::{self, quote_literal};
+use crate::db::{self, quote_ident, quote_literal};
 use crate::error::SyncError;
 use crate::lsn::Lsn;
+use crate::mapping::fields::contact_name;
 use crate::mapping::InteractionRow;
 
 /// Rows fetched per round trip while copying the snapshot.
@@ -202,6 +204,7 @@ async fn copy_snapshot(
     // (contract §7), as one "source transaction" ending at the consistent point.
     applier.begin(consistent_point, snapshot_ts);
     applier.open().await?;
+    copy_party_names(cfg, reader, applier).await?;
     let fetch = format!("fetch {SNAPSHOT_BATCH} from calendar_sync_snapshot");
     let mut copied = 0u64;
     loop {
@@ -235,6 +238,77 @@ async fn copy_snapshot(
         .map_err(err("closing the snapshot"))?;
     applier.commit(consistent_point).await?;
     Ok(copied)
+}
+
+/// Copies every customer's and contact's display name from the snapshot into
+/// `calendar_sync_party_names`, in batches.
+async fn copy_party_names(
+    cfg: &Config,
+    reader: &Client,
+    applier: &mut Applier,
+) -> Result<(), SyncError> {
+    let p = &cfg.participants;
+    let q = quote_ident;
+    let parties = [
+        (
+            Party::Customer,
+            format!(
+                "select {}, {}::text from {}",
+                q(&p.customer_id),
+                q(&p.customer_name),
+                q(&p.customer_table)
+            ),
+        ),
+        (
+            Party::Contact,
+            format!(
+                "select {}, {}::text, {}::text, {}::text from {}",
+                q(&p.contact_id),
+                q(&p.contact_first_name),
+                q(&p.contact_last_name),
+                q(&p.contact_email),
+                q(&p.contact_table)
+            ),
+        ),
+    ];
+    for (party, select) in parties {
+        let cursor = format!("calendar_sync_{}", party.as_str());
+        reader
+            .batch_execute(&format!("declare {cursor} no scroll cursor for {select}"))
+            .await
+            .map_err(|e| SyncError::db("opening the customer/contact snapshot cursor", e))?;
+        let fetch = format!("fetch {SNAPSHOT_BATCH} from {cursor}");
+        loop {
+            let rows = reader
+                .query(fetch.as_str(), &[])
+                .await
+                .map_err(|e| SyncError::db("reading customer/contact names", e))?;
+            if rows.is_empty() {
+                break;
+            }
+            let mut ids = Vec::with_capacity(rows.len());
+            let mut names = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let id: uuid::Uuid = r.try_get(0).map_err(|e| {
+                    SyncError::fatal(
+                        format!("{} ids must be uuids: {e}", party.as_str()),
+                        "check CALENDAR_SYNC_CUSTOMER_ID_COLUMN / CALENDAR_SYNC_CONTACT_ID_COLUMN",
+                    )
+                })?;
+                let text = |i: usize| r.try_get::<_, Option<String>>(i).ok().flatten();
+                let name = match party {
+                    Party::Customer => text(1),
+                    Party::Contact => {
+                        contact_name(text(1).as_deref(), text(2).as_deref(), text(3).as_deref())
+                    }
+                };
+                ids.push(id);
+                names.push(name);
+            }
+            applier.copy_party_names(party, &ids, &names).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Checks what the server must offer before a slot can stream, so that each

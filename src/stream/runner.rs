@@ -309,20 +309,7 @@ impl Streamer<'_> {
                     Message::Insert(_)
                     | Message::Update(_)
                     | Message::Delete(_)
-                    | Message::Truncate(_) => {
-                        if self
-                            .framer
-                            .change()
-                            .map_err(|e| fatal_stream(&e))?
-                            .applies()
-                        {
-                            for change in
-                                self.relations.changes(&msg).map_err(|e| fatal_stream(&e))?
-                            {
-                                apply(&mut self.applier, change).await?;
-                            }
-                        }
-                    }
+                    | Message::Truncate(_) => self.data_change(&msg).await?,
                     _ => {}
                 }
             }
@@ -357,6 +344,23 @@ impl Streamer<'_> {
         Ok(false)
     }
 
+    /// An Insert/Update/Delete/Truncate: applied unless its transaction is a
+    /// replay or our own.
+    async fn data_change(&mut self, msg: &Message) -> Result<(), SyncError> {
+        if !self
+            .framer
+            .change()
+            .map_err(|e| fatal_stream(&e))?
+            .applies()
+        {
+            return Ok(());
+        }
+        for change in self.relations.changes(msg).map_err(|e| fatal_stream(&e))? {
+            apply(&mut self.applier, change).await?;
+        }
+        Ok(())
+    }
+
     /// Reports `lsn` as flushed (monotonic; see the module docs for when).
     fn ack(&mut self, lsn: Lsn) {
         self.acked = self.acked.max(lsn);
@@ -369,9 +373,12 @@ async fn apply(applier: &mut Applier, change: SourceChange) -> Result<(), SyncEr
         SourceChange::InteractionUpsert { id, row } => applier.upsert(id, row, None).await,
         SourceChange::InteractionDelete { id } => applier.delete(id).await,
         SourceChange::InteractionTruncate => applier.truncate().await,
-        SourceChange::PartyChanged { party, id, name } => {
-            applier.party_changed(party, id, name).await
-        }
+        SourceChange::PartyChanged {
+            party,
+            id,
+            name,
+            deleted,
+        } => applier.party_changed(party, id, name, deleted).await,
     }
 }
 

@@ -146,6 +146,11 @@ impl TestDb {
     /// `calendar_sync_progress`. Transactions apply in commit order, so all
     /// earlier ones are applied too. Works in the source or a separate target.
     pub async fn barrier_in(&self, target: &Client) {
+        self.barrier_for(target, &self.name).await;
+    }
+
+    /// [`TestDb::barrier_in`] for the consumer of `slot`.
+    pub async fn barrier_for(&self, target: &Client, slot: &str) {
         let before = pg_current_lsn(&self.client).await;
         self.client
             .execute(
@@ -159,7 +164,7 @@ impl TestDb {
             let row = target
                 .query_opt(
                     "select lsn::text, lsn > $1::text::pg_lsn from calendar_sync_progress where slot_name = $2",
-                    &[&before, &self.name],
+                    &[&before, &slot],
                 )
                 .await
                 .expect("progress");

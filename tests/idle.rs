@@ -1,0 +1,186 @@
+//! Idle slots follow the server's WAL, SIGTERM mid-transaction, and the HTTP
+//! surface of the real binary.
+
+use std::io::{Read, Write};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::process::binary;
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_databases_traffic_never_makes_the_idle_slot_hold_wal() {
+    let db = TestDb::crm().await;
+    db.migrate().await;
+    let run = Running::start(db.config());
+    wait_streaming(&db).await;
+    let other = TestDb::empty().await;
+    other
+        .client
+        .batch_execute("create table noise (id serial primary key, v text)")
+        .await
+        .expect("noise table");
+    for _ in 0..20 {
+        other
+            .client
+            .batch_execute(
+                "insert into noise (v) select md5(g::text) from generate_series(1, 200) g",
+            )
+            .await
+            .expect("noise");
+    }
+    let wal = pg_current_lsn(&other.client).await;
+    let follows = wait_until(Duration::from_secs(20), || async {
+        db.count(&format!(
+            "select count(*) from pg_replication_slots where slot_name = '{}' and confirmed_flush_lsn >= '{wal}'::pg_lsn",
+            db.name
+        ))
+        .await
+            == 1
+    })
+    .await;
+    assert!(
+        follows,
+        "the idle slot's confirmed_flush_lsn did not pass {wal}"
+    );
+    assert_eq!(db.count("select count(*) from calendar_sync_log").await, 0);
+    run.stop().await.expect("clean stop");
+}
+
+fn spawn(db: &TestDb, extra: &[(&str, String)]) -> std::process::Child {
+    let mut c = binary();
+    c.args(["run"])
+        .env("DATABASE_URL", &db.url)
+        .env("CALENDAR_SYNC_SLOT", &db.name)
+        .env("CALENDAR_SYNC_PUBLICATION", &db.name)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in extra {
+        c.env(k, v);
+    }
+    c.spawn().expect("spawn run")
+}
+
+async fn sigterm_and_wait(child: &mut std::process::Child) -> (Option<i32>, Duration) {
+    let sent = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return (s.code(), sent.elapsed());
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(15),
+            "no exit within 15 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_in_the_middle_of_a_large_transaction_exits_zero_and_loses_nothing() {
+    let db = TestDb::crm().await;
+    db.migrate().await;
+    let mut child = spawn(&db, &[]);
+    wait_streaming(&db).await;
+    db.client
+        .batch_execute(&format!(
+            "insert into interaction (interaction_type, subject, interaction_date, created_by)
+             select 'phone', 'bulk ' || g, now(), '{USER}' from generate_series(1, 4000) g"
+        ))
+        .await
+        .expect("large transaction");
+    // calendar-sync's target session has an open write transaction.
+    let applying = wait_until(Duration::from_secs(30), || async {
+        db.count(&format!(
+            "select count(*) from pg_stat_activity where datname = '{}' and application_name = 'calendar-sync' and backend_xid is not null",
+            db.name
+        ))
+        .await
+            >= 1
+    })
+    .await;
+    assert!(applying, "never saw the large transaction being applied");
+    let (code, took) = sigterm_and_wait(&mut child).await;
+    assert_eq!(code, Some(0), "exit code after SIGTERM");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let after_stop = db.count("select count(*) from calendar_sync_log").await;
+    assert!(
+        after_stop == 0 || after_stop == 4000,
+        "a partial transaction is visible: {after_stop} log rows"
+    );
+    let mut child = spawn(&db, &[]);
+    db.wait_count("select count(*) from calendar_events", 4000)
+        .await;
+    db.barrier().await;
+    assert_eq!(
+        db.count("select count(*) from calendar_sync_log").await,
+        4000
+    );
+    let (code, _) = sigterm_and_wait(&mut child).await;
+    assert_eq!(code, Some(0));
+}
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let code = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_healthz_readyz_and_metrics() {
+    let db = TestDb::crm().await;
+    db.migrate().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut child = spawn(
+        &db,
+        &[("CALENDAR_SYNC_HTTP_ADDR", format!("127.0.0.1:{port}"))],
+    );
+    let ready = wait_until(Duration::from_secs(30), || async {
+        http_get(port, "/readyz").is_some_and(|(c, _)| c == 200)
+    })
+    .await;
+    assert!(ready, "/readyz never became 200");
+    assert_eq!(http_get(port, "/healthz").map(|(c, _)| c), Some(200));
+    db.insert("Scraped", "now()", "").await;
+    db.wait_count("select count(*) from calendar_events", 1)
+        .await;
+    let scraped = wait_until(Duration::from_secs(10), || async {
+        http_get(port, "/metrics").is_some_and(|(c, body)| {
+            c == 200
+                && body
+                    .contains("calendar_sync_actions_total{action=\"create\",status=\"success\"} 1")
+        })
+    })
+    .await;
+    assert!(scraped, "create not counted in /metrics");
+    let (_, body) = http_get(port, "/metrics").expect("metrics");
+    for name in [
+        "calendar_sync_transactions_applied_total",
+        "calendar_sync_last_applied_lsn",
+        "calendar_sync_replication_lag_bytes",
+        "calendar_sync_replication_lag_seconds",
+        "calendar_sync_pending_failures",
+        "calendar_sync_reconnects_total",
+        "calendar_sync_backoff_active",
+    ] {
+        assert!(body.contains(name), "{name} missing from /metrics");
+    }
+    assert_eq!(http_get(port, "/nope").map(|(c, _)| c), Some(404));
+    let (code, _) = sigterm_and_wait(&mut child).await;
+    assert_eq!(code, Some(0));
+}

@@ -1,0 +1,757 @@
+//! Contract §5, failures: transient ones (server restart, terminated sessions,
+//! a slot held by another consumer) are retried and replayed without doubling
+//! anything or writing the failures table; fatal ones (slot gone, publication
+//! or schema missing, wal_level, replication rights) stop with a message that
+//! names the problem and a hint that says what to do.
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use calendar_sync::demo::CRM_SCHEMA;
+use calendar_sync::error::SyncError;
+use calendar_sync::mapping::Action;
+use calendar_sync::metrics::{Metrics, Status, RECONNECTS_TOTAL};
+use calendar_sync::pgcluster::LocalCluster;
+use tokio::sync::watch;
+use tokio_postgres::{Client, NoTls};
+use uuid::Uuid;
+
+use crate::process::binary;
+use crate::support::*;
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+/// A connection that is not named `calendar-sync`, so that terminating the
+/// consumer's sessions by application_name leaves the test's own alone.
+async fn own_connect(url: &str, app: &str) -> Result<Client, tokio_postgres::Error> {
+    let mut cfg: tokio_postgres::Config = url.parse()?;
+    cfg.application_name(app);
+    let (client, connection) = cfg.connect(NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// Connects, retrying while the server is down or starting up (60 s at most).
+async fn connect_retrying(url: &str, app: &str) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match own_connect(url, app).await {
+            Ok(c) => return c,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{app}: no connection within 60 s: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// `db` with its client replaced by one named `recovery-test`.
+async fn renamed(db: TestDb) -> TestDb {
+    let client = connect_retrying(&db.url, "recovery-test").await;
+    TestDb {
+        name: db.name,
+        url: db.url,
+        client,
+    }
+}
+
+/// A private cluster (the shared one must never be restarted or reconfigured).
+async fn private_cluster(name: &'static str, extra_conf: &'static str) -> Arc<LocalCluster> {
+    let c = tokio::task::spawn_blocking(move || LocalCluster::start(name, extra_conf))
+        .await
+        .expect("cluster start task")
+        .unwrap_or_else(|e| panic!("cannot start a private PostgreSQL: {e}"));
+    Arc::new(c)
+}
+
+/// Stops and removes a private cluster off the async worker threads.
+async fn remove_cluster(c: Arc<LocalCluster>) {
+    tokio::task::spawn_blocking(move || drop(c))
+        .await
+        .expect("cluster removal task");
+}
+
+/// The CRM of `TestDb::crm` (schema, one user, customer and contact) in a new
+/// database `name` of a private cluster.
+async fn crm_on(cluster: &LocalCluster, name: &str) -> TestDb {
+    let admin = connect_retrying(&cluster.url("postgres"), "recovery-test").await;
+    admin
+        .batch_execute(&format!("create database {name}"))
+        .await
+        .expect("create database");
+    let url = cluster.url(name);
+    let client = connect_retrying(&url, "recovery-test").await;
+    client.batch_execute(CRM_SCHEMA).await.expect("crm schema");
+    client
+        .batch_execute(&format!(
+            "insert into users (user_id, email) values ('{USER}', 'sam@example.com');
+             insert into customer (customer_id, name) values ('{CUSTOMER}', 'Acme Corp');
+             insert into contact (contact_id, customer_id, first_name, last_name, email)
+               values ('{CONTACT}', '{CUSTOMER}', 'Ada', 'Lovelace', 'ada@acme.test');"
+        ))
+        .await
+        .expect("crm rows");
+    TestDb {
+        name: name.to_string(),
+        url,
+        client,
+    }
+}
+
+/// `calendar_sync_reconnects_total` of `m`.
+fn reconnects(m: &Metrics) -> u64 {
+    m.render()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(RECONNECTS_TOTAL)
+                .filter(|rest| rest.starts_with(' '))
+                .and_then(|rest| rest.trim().parse::<f64>().ok())
+        })
+        .map_or(0, |v| v as u64)
+}
+
+/// Waits (bounded) for the consumer to end and returns its fatal error.
+async fn fatal_of(run: &mut Running, within: Duration) -> (String, String) {
+    let result = match tokio::time::timeout(within, &mut run.handle).await {
+        Ok(joined) => joined.expect("the consumer task did not panic"),
+        Err(_) => {
+            run.handle.abort();
+            panic!(
+                "the consumer still runs after {within:?}: the error was taken for transient (reconnects: {})",
+                reconnects(&run.metrics)
+            );
+        }
+    };
+    match result {
+        Err(SyncError::Fatal { message, hint }) => (message, hint),
+        other => panic!("expected a fatal error, got {other:?}"),
+    }
+}
+
+/// Spawns `calendar-sync run` for `db` with stderr captured.
+fn spawn_run(db: &TestDb) -> Child {
+    binary()
+        .args(["run"])
+        .env("DATABASE_URL", &db.url)
+        .env("CALENDAR_SYNC_SLOT", &db.name)
+        .env("CALENDAR_SYNC_PUBLICATION", &db.name)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn calendar-sync run")
+}
+
+/// Waits until the binary exits (killing it after `within`): exit code, stderr.
+async fn exit_of(mut child: Child, within: Duration) -> (Option<i32>, String) {
+    let started = Instant::now();
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            break;
+        }
+        if started.elapsed() > within {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("wait");
+            panic!(
+                "calendar-sync run still running after {within:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// What the writer knows it committed.
+#[derive(Debug, Default)]
+struct Written {
+    /// interaction_id -> subject of the last committed write.
+    committed: HashMap<Uuid, String>,
+    /// Statements that failed and were retried (or found committed after all).
+    errors: u64,
+}
+
+const WRITE_INSERT: &str = "insert into interaction (interaction_id, interaction_type, subject, interaction_date, created_by)
+     values ($1, 'meeting', $2, now() + interval '1 day', '00000000-0000-4000-8000-000000000001')";
+const WRITE_UPDATE: &str = "update interaction set subject = $2 where interaction_id = $1";
+
+/// Inserts (2 of 3) and updates (1 of 3) interactions, one statement per
+/// transaction, until `stop`. A failed statement is retried after a
+/// reconnect, unless a read shows it committed after all (the reply was
+/// lost). `done` counts committed writes.
+async fn writer(url: String, stop: watch::Receiver<bool>, done: Arc<AtomicUsize>) -> Written {
+    let mut client = connect_retrying(&url, "recovery-writer").await;
+    let mut w = Written::default();
+    let mut inserted: Vec<Uuid> = Vec::new();
+    let mut k: usize = 0;
+    while !*stop.borrow() {
+        let insert = k % 3 != 2 || inserted.is_empty();
+        let (id, subject) = if insert {
+            (Uuid::new_v4(), format!("Insert {k}"))
+        } else {
+            (inserted[(k / 3) % inserted.len()], format!("Update {k}"))
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let sql = if insert { WRITE_INSERT } else { WRITE_UPDATE };
+            match client.execute(sql, &[&id, &subject]).await {
+                Ok(n) => {
+                    assert_eq!(n, 1, "write {k} changed {n} rows");
+                    break;
+                }
+                Err(e) => {
+                    w.errors += 1;
+                    assert!(
+                        Instant::now() < deadline,
+                        "write {k} kept failing for 60 s: {e}"
+                    );
+                    if client.is_closed() {
+                        client = connect_retrying(&url, "recovery-writer").await;
+                    }
+                    match client
+                        .query_opt(
+                            "select subject from interaction where interaction_id = $1",
+                            &[&id],
+                        )
+                        .await
+                    {
+                        Ok(Some(r)) if r.get::<_, String>(0) == subject => break,
+                        Ok(_) => {}
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+            }
+        }
+        if insert {
+            inserted.push(id);
+        }
+        w.committed.insert(id, subject);
+        done.fetch_add(1, Ordering::SeqCst);
+        k += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    w
+}
+
+/// A writer running in the background.
+struct Chaos {
+    stop: watch::Sender<bool>,
+    done: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<Written>,
+}
+
+impl Chaos {
+    fn start(url: &str) -> Chaos {
+        let (stop, rx) = watch::channel(false);
+        let done = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(writer(url.to_string(), rx, done.clone()));
+        Chaos { stop, done, task }
+    }
+
+    fn done(&self) -> usize {
+        self.done.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `n` more writes than now have committed.
+    async fn wait_more(&self, n: usize, what: &str) {
+        let want = self.done() + n;
+        assert!(
+            wait_until(Duration::from_secs(60), || async { self.done() >= want }).await,
+            "{what}: the writer did not commit {n} more writes within 60 s (it has {})",
+            self.done()
+        );
+    }
+
+    async fn finish(self) -> Written {
+        let _ = self.stop.send(true);
+        tokio::time::timeout(Duration::from_secs(70), self.task)
+            .await
+            .expect("the writer stops")
+            .expect("the writer did not panic")
+    }
+}
+
+/// The calendar is exactly what the writer committed, nothing doubled, no
+/// failure recorded.
+async fn assert_calendar_is(db: &TestDb, w: &Written) {
+    let source: HashMap<Uuid, String> = db
+        .client
+        .query("select interaction_id, subject from interaction", &[])
+        .await
+        .expect("read interactions")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        source.len(),
+        w.committed.len(),
+        "the source holds exactly the writes the writer saw commit"
+    );
+    assert!(
+        source == w.committed,
+        "source differs from the writer's record"
+    );
+    let events: HashMap<Uuid, String> = db
+        .client
+        .query(
+            "select related_id, title from calendar_events where related_table = 'interaction'",
+            &[],
+        )
+        .await
+        .expect("read events")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let wrong: BTreeMap<String, (String, Option<String>)> = w
+        .committed
+        .iter()
+        .filter(|(id, subject)| events.get(*id) != Some(*subject))
+        .map(|(id, subject)| (id.to_string(), (subject.clone(), events.get(id).cloned())))
+        .take(5)
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "committed interactions without their event or with a stale title (interaction: (subject, title)): {wrong:?}"
+    );
+    assert_eq!(
+        events.len(),
+        w.committed.len(),
+        "no event without an interaction"
+    );
+    assert_eq!(
+        db.count(
+            "select count(*) from (select interaction_id from calendar_sync_log
+              where action = 'create' group by interaction_id having count(*) > 1) d"
+        )
+        .await,
+        0,
+        "no interaction has two create log rows"
+    );
+    assert_eq!(
+        db.count("select count(*) from calendar_sync_log where action = 'create'")
+            .await,
+        w.committed.len() as i64,
+        "one create log row per interaction"
+    );
+    assert_eq!(
+        db.count("select count(*) from calendar_sync_log where status <> 'success'")
+            .await,
+        0,
+        "no failed log rows"
+    );
+    assert_eq!(
+        db.count("select count(*) from calendar_sync_failures")
+            .await,
+        0,
+        "transient failures never write calendar_sync_failures"
+    );
+}
+
+fn random_pause() -> Duration {
+    Duration::from_millis(100 + (Uuid::new_v4().as_u128() % 400) as u64)
+}
+
+fn events_sql() -> &'static str {
+    "select count(*) from calendar_events"
+}
+
+// ---------------------------------------------------------------------------
+// Transient failures
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_immediate_server_restart_mid_stream_is_recovered_without_loss_doubles_or_failure_rows()
+{
+    // synchronous_commit = on: a commit the writer saw survives the crash.
+    let cluster = private_cluster(
+        "recovery-restart",
+        "synchronous_commit = on\nwal_sender_timeout = 10s\nlog_min_messages = warning\n",
+    )
+    .await;
+    let db = crm_on(&cluster, "t_restart").await;
+    db.migrate().await;
+    let run = Running::start(db.config());
+    wait_streaming(&db).await;
+    let chaos = Chaos::start(&db.url);
+
+    // Before: writes are being applied.
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            db.count(events_sql()).await >= 5
+        })
+        .await,
+        "no events before the restart"
+    );
+
+    // During: crash, a short random pause, start again.
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.stop("immediate"))
+        .await
+        .expect("stop task")
+        .expect("pg_ctl stop -m immediate");
+    tokio::time::sleep(random_pause()).await;
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.restart())
+        .await
+        .expect("restart task")
+        .expect("pg_ctl start after the crash");
+    drop(db.client);
+    let db = TestDb {
+        client: connect_retrying(&db.url, "recovery-test").await,
+        ..db
+    };
+
+    // After: more writes, then everything applied.
+    chaos.wait_more(15, "after the restart").await;
+    let w = chaos.finish().await;
+    assert!(
+        w.errors > 0,
+        "the writer never saw the server go away: the restart was not mid-stream"
+    );
+    db.barrier().await;
+    eprintln!(
+        "DIAG restart: committed {} writer errors {} reconnects {}",
+        w.committed.len(),
+        w.errors,
+        reconnects(&run.metrics)
+    );
+    assert_calendar_is(&db, &w).await;
+    assert!(
+        reconnects(&run.metrics) >= 1,
+        "the consumer counted no reconnect"
+    );
+    run.stop().await.expect("clean stop after the recovery");
+    remove_cluster(cluster).await;
+}
+
+/// Terminates the sessions of this test's consumer; returns how many.
+async fn terminate(db: &TestDb, only_walsender: bool) -> i64 {
+    let sql = format!(
+        "select count(pg_terminate_backend(pid)) from pg_stat_activity
+          where datname = $1 and application_name like 'calendar-sync%' {}",
+        if only_walsender {
+            "and backend_type = 'walsender'"
+        } else {
+            ""
+        }
+    );
+    db.client
+        .query_one(sql.as_str(), &[&db.name])
+        .await
+        .expect("pg_terminate_backend")
+        .get(0)
+}
+
+async fn walsender_pid(db: &TestDb) -> Option<i32> {
+    db.client
+        .query_opt(
+            "select active_pid from pg_replication_slots where slot_name = $1",
+            &[&db.name],
+        )
+        .await
+        .expect("slot")
+        .and_then(|r| r.get(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_sessions_are_reconnected_and_replayed_without_doubles_or_failure_rows() {
+    let db = TestDb::crm().await;
+    db.migrate().await;
+    let db = renamed(db).await;
+    let run = Running::start(db.config());
+    wait_streaming(&db).await;
+    let chaos = Chaos::start(&db.url);
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            db.count(events_sql()).await >= 5
+        })
+        .await,
+        "no events before terminating"
+    );
+
+    // The walsender only.
+    let old = walsender_pid(&db).await;
+    assert_eq!(terminate(&db, true).await, 1, "one walsender terminated");
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            reconnects(&run.metrics) >= 1
+                && walsender_pid(&db).await.is_some_and(|p| Some(p) != old)
+        })
+        .await,
+        "no new walsender after terminating the old one (reconnects: {})",
+        reconnects(&run.metrics)
+    );
+    chaos.wait_more(10, "after terminating the walsender").await;
+    db.barrier().await;
+
+    // Every session: walsender, target, source and lookups.
+    let n = terminate(&db, false).await;
+    assert!(n >= 4, "terminated {n} sessions, expected the consumer's 4");
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            reconnects(&run.metrics) >= 2
+        })
+        .await,
+        "the consumer did not reconnect after all its sessions were terminated"
+    );
+    chaos.wait_more(10, "after terminating every session").await;
+    let w = chaos.finish().await;
+    db.barrier().await;
+    eprintln!(
+        "DIAG terminate: committed {} writer errors {} reconnects {}",
+        w.committed.len(),
+        w.errors,
+        reconnects(&run.metrics)
+    );
+    assert_calendar_is(&db, &w).await;
+    run.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_consumer_on_the_same_slot_waits_and_takes_over_when_the_first_stops() {
+    let db = TestDb::crm().await;
+    db.migrate().await;
+    let a = Running::start(db.config());
+    wait_streaming(&db).await;
+    let first = db
+        .insert("Before the deploy", "now() + interval '1 day'", "")
+        .await;
+    db.wait_count(
+        &format!("select count(*) from calendar_events where related_id = '{first}'"),
+        1,
+    )
+    .await;
+
+    let b = Running::start(db.config());
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            reconnects(&b.metrics) >= 2
+        })
+        .await,
+        "B did not keep retrying while A holds the slot (reconnects: {}, finished: {})",
+        reconnects(&b.metrics),
+        b.handle.is_finished()
+    );
+    assert!(!b.handle.is_finished(), "B gave up while A holds the slot");
+    assert_eq!(reconnects(&a.metrics), 0, "A was not disturbed");
+
+    a.stop().await.expect("A stops cleanly");
+    let second = db
+        .insert("After the deploy", "now() + interval '2 days'", "")
+        .await;
+    db.wait_count(
+        &format!("select count(*) from calendar_events where related_id = '{second}' and title = 'After the deploy'"),
+        1,
+    )
+    .await;
+    db.barrier().await;
+    assert_eq!(
+        b.metrics.action_count(Action::Create, Status::Success),
+        1,
+        "B applied the second insert (and only it)"
+    );
+    for id in [first, second] {
+        assert_eq!(
+            db.count(&format!(
+                "select count(*) from calendar_sync_log where interaction_id = '{id}'"
+            ))
+            .await,
+            1,
+            "exactly one log row for {id}"
+        );
+    }
+    assert_eq!(
+        db.count("select count(*) from calendar_sync_failures")
+            .await,
+        0
+    );
+    b.stop().await.expect("B stops cleanly");
+}
+
+// ---------------------------------------------------------------------------
+// Fatal failures
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_slot_is_fatal_names_the_slot_and_says_how_to_start_over() {
+    let db = TestDb::crm().await;
+    db.migrate().await;
+    let run = Running::start(db.config());
+    wait_streaming(&db).await;
+    let id = db.insert("Kept", "now() + interval '1 day'", "").await;
+    db.wait_count(
+        &format!("select count(*) from calendar_events where related_id = '{id}'"),
+        1,
+    )
+    .await;
+    run.stop().await.expect("clean stop");
+    db.wait_count(
+        &format!(
+            "select count(*) from pg_replication_slots where slot_name = '{}' and not active",
+            db.name
+        ),
+        1,
+    )
+    .await;
+    db.client
+        .execute("select pg_drop_replication_slot($1)", &[&db.name])
+        .await
+        .expect("drop slot");
+
+    // In-process: a fatal error, not an endless retry.
+    let mut run = Running::start(db.config());
+    let (message, hint) = fatal_of(&mut run, Duration::from_secs(20)).await;
+    assert!(message.contains(&db.name), "names the slot: {message}");
+    let recipe = format!(
+        "delete from calendar_sync_progress where slot_name = '{}'",
+        db.name
+    );
+    assert!(hint.contains(&recipe), "says how to start over: {hint}");
+
+    // The real binary: non-zero, the slot in stderr, within 20 s.
+    let (code, stderr) = exit_of(spawn_run(&db), Duration::from_secs(20)).await;
+    assert!(code.is_some_and(|c| c != 0), "exit code {code:?}: {stderr}");
+    assert!(
+        stderr.contains(&format!("replication slot {}", db.name)) && stderr.contains(&recipe),
+        "stderr names the slot and the way out: {stderr}"
+    );
+
+    // The hint works: with the progress row gone, `run` takes a new snapshot.
+    db.client
+        .batch_execute(&recipe)
+        .await
+        .expect("follow the hint");
+    let run = Running::start(db.config());
+    wait_streaming(&db).await;
+    let after = db
+        .insert("After starting over", "now() + interval '1 day'", "")
+        .await;
+    db.wait_count(
+        &format!("select count(*) from calendar_events where related_id = '{after}'"),
+        1,
+    )
+    .await;
+    assert_eq!(
+        db.count(&format!(
+            "select count(*) from calendar_sync_log where interaction_id = '{id}' and action = 'create'"
+        ))
+        .await,
+        1,
+        "the new snapshot does not create the kept event again"
+    );
+    run.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_publication_stops_the_binary_quickly_with_a_hint_to_migrate() {
+    let db = TestDb::crm().await;
+    db.migrate().await;
+    db.client
+        .batch_execute(&format!("drop publication {}", db.name))
+        .await
+        .expect("drop publication");
+    let (code, stderr) = exit_of(spawn_run(&db), Duration::from_secs(10)).await;
+    assert!(code.is_some_and(|c| c != 0), "exit code {code:?}: {stderr}");
+    assert!(
+        stderr.contains(&format!("publication {}", db.name)),
+        "names the publication: {stderr}"
+    );
+    assert!(
+        stderr.contains("calendar-sync migrate"),
+        "hints migrate: {stderr}"
+    );
+    assert_eq!(
+        db.count(&format!(
+            "select count(*) from pg_replication_slots where slot_name = '{}'",
+            db.name
+        ))
+        .await,
+        0,
+        "the check comes before the slot is created"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_target_schema_is_fatal_with_a_hint_to_migrate() {
+    let db = TestDb::crm().await;
+    db.client
+        .batch_execute(&format!(
+            "create publication {} for table interaction",
+            db.name
+        ))
+        .await
+        .expect("publication by hand");
+    let mut run = Running::start(db.config());
+    let (message, hint) = fatal_of(&mut run, Duration::from_secs(15)).await;
+    assert!(
+        hint.contains("calendar-sync migrate"),
+        "hints migrate: {message} / {hint}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_level_replica_is_fatal_and_names_wal_level() {
+    let cluster = private_cluster(
+        "recovery-replica",
+        "wal_level = replica\nlog_min_messages = warning\n",
+    )
+    .await;
+    let db = crm_on(&cluster, "t_replica").await;
+    db.migrate().await;
+    let mut run = Running::start(db.config());
+    let (message, hint) = fatal_of(&mut run, Duration::from_secs(15)).await;
+    assert!(
+        message.contains("wal_level is replica"),
+        "names wal_level: {message}"
+    );
+    assert!(
+        hint.contains("wal_level = logical") && hint.contains("restart"),
+        "says what to set: {hint}"
+    );
+    drop(db);
+    remove_cluster(cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_without_replication_rights_is_fatal_and_mentions_replication() {
+    let db = TestDb::crm().await;
+    db.migrate().await;
+    // Roles are cluster-wide: a name of this test's own.
+    let role = format!("norepl_{}", &db.name[2..14]);
+    db.client
+        .batch_execute(&format!(
+            "create role {role} login; grant all on all tables in schema public to {role};"
+        ))
+        .await
+        .expect("create role");
+    let url = format!(
+        "postgres://{role}@127.0.0.1:{}/{}",
+        cluster().port(),
+        db.name
+    );
+    let mut cfg = calendar_sync::config::Config::new(url, &db.name).expect("config");
+    cfg.publication = db.name.clone();
+    let mut run = Running::start(cfg);
+    let (message, hint) = fatal_of(&mut run, Duration::from_secs(15)).await;
+    assert!(
+        format!("{message} {hint}").contains("REPLICATION"),
+        "mentions REPLICATION: {message} / {hint}"
+    );
+    assert!(
+        message.contains("replication rights"),
+        "says what is missing: {message}"
+    );
+}
