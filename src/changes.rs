@@ -426,9 +426,19 @@ mod tests {
             vec![SourceChange::PartyChanged {
                 party: Party::Customer,
                 id: Uuid::parse_str(cid).expect("uuid"),
-                name: Some("Acme GmbH".into())
+                name: Some("Acme GmbH".into()),
+                deleted: false,
             }]
         );
+        let got = changes(b::delete(11, b'K', &[b::text(cid), TupleValue::Null])).expect("ok");
+        assert!(matches!(
+            &got[..],
+            [SourceChange::PartyChanged {
+                name: None,
+                deleted: true,
+                ..
+            }]
+        ));
         let got = changes(b::update(
             12,
             None,
