@@ -252,3 +252,56 @@ async fn kill_9_at_random_instants_ends_with_the_same_calendar_as_an_uninterrupt
         log_a.len()
     );
 }
+
+/// The flush position never names a transaction whose target commit has not
+/// happened: the consumer is held inside its target transaction (a lock on the
+/// progress table), killed after several status intervals, and restarted; the
+/// held transaction must still arrive. Reporting the LSN before the commit
+/// would move the slot past it and lose it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_while_the_target_commit_is_held_loses_nothing() {
+    let db = TestDb::crm().await;
+    db.migrate().await;
+    let spawn = || {
+        binary()
+            .args(["run"])
+            .env("DATABASE_URL", &db.url)
+            .env("CALENDAR_SYNC_SLOT", &db.name)
+            .env("CALENDAR_SYNC_PUBLICATION", &db.name)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn run")
+    };
+    let mut a = spawn();
+    wait_streaming(&db).await;
+    let locker = connect(&db.url).await;
+    locker
+        .batch_execute("begin; lock table calendar_sync_progress in access exclusive mode")
+        .await
+        .expect("lock");
+    let id = db.insert("Held", "now()", "").await;
+    let held = wait_until(Duration::from_secs(20), || async {
+        db.count(&format!(
+            "select count(*) from pg_stat_activity where datname = '{}' and application_name = 'calendar-sync' and wait_event_type = 'Lock'",
+            db.name
+        ))
+        .await
+            == 1
+    })
+    .await;
+    assert!(held, "the consumer never waited on the progress lock");
+    // Several status intervals (1 s) pass while the commit is held.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    kill9(&mut a);
+    locker.batch_execute("rollback").await.expect("unlock");
+    let mut a = spawn();
+    db.wait_count(
+        &format!("select count(*) from calendar_events where related_id = '{id}'"),
+        1,
+    )
+    .await;
+    db.barrier().await;
+    assert_eq!(db.count("select count(*) from calendar_sync_log").await, 1);
+    kill9(&mut a);
+}
