@@ -189,7 +189,7 @@ fn hint_for_pg(e: &tokio_postgres::Error) -> String {
 fn hint_for_server(code: &str, msg: &str) -> String {
     match code {
         "42704" if msg.contains("replication slot") => {
-            "the replication slot is gone (dropped, or invalidated by max_slot_wal_keep_size); changes since the last sync may be lost: run `calendar-sync reconcile` after restarting so that `run` recreates the slot with a new snapshot".into()
+            "the replication slot is gone (dropped, or invalidated by max_slot_wal_keep_size); changes since the last sync may be lost: delete this slot's row from calendar_sync_progress so that `run` takes a new snapshot, then remove events whose interaction is gone (there is no `reconcile` command yet)".into()
         }
         "42704" => "the publication is missing: run `calendar-sync migrate`".into(),
         "42501" => "the role needs the REPLICATION attribute (on RDS: GRANT rds_replication TO <role>)".into(),

@@ -124,7 +124,7 @@ async fn session(
         (Some(_), None) => {
             return Err(SyncError::fatal(
                 format!("replication slot {} does not exist, but calendar_sync_progress says it was streaming: changes made while it was gone cannot be replayed", cfg.slot),
-                format!("to start over with a new snapshot: `delete from calendar_sync_progress where slot_name = '{}'` in the target, run again, then run `calendar-sync reconcile` to remove events of interactions deleted meanwhile", cfg.slot),
+                format!("to start over with a new snapshot: `delete from calendar_sync_progress where slot_name = '{}'` in the target and run again (a new snapshot re-syncs every interaction); events of interactions deleted meanwhile stay until removed by hand, as there is no `reconcile` command yet", cfg.slot),
             ));
         }
         (None, slot) => {
