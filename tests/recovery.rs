@@ -420,7 +420,7 @@ async fn an_immediate_server_restart_mid_stream_is_recovered_without_loss_double
     // Before: writes are being applied.
     assert!(
         wait_until(Duration::from_secs(30), || async {
-            db.count(events_sql()).await >= 5
+            db.count(events_sql()).await >= 10
         })
         .await,
         "no events before the restart"
@@ -500,7 +500,7 @@ async fn terminated_sessions_are_reconnected_and_replayed_without_doubles_or_fai
     let chaos = Chaos::start(&db.url);
     assert!(
         wait_until(Duration::from_secs(30), || async {
-            db.count(events_sql()).await >= 5
+            db.count(events_sql()).await >= 10
         })
         .await,
         "no events before terminating"

@@ -248,9 +248,8 @@ async fn retyping_a_mapped_column_stops_the_stream_with_a_fatal_error_naming_it_
 
     // Restoring the column does not help: logical decoding reads each change
     // with the catalog as it was when the change was written, so the replayed
-    // INSERT still arrives with duration_minutes as text. (The error's hint,
-    // "restore the column ... and start again", cannot work for a retype; the
-    // way out is a new slot and snapshot.)
+    // INSERT still arrives with duration_minutes as text. The error's hint says
+    // so: the way out is a new slot and snapshot.
     db.client
         .batch_execute(&format!(
             "begin;
@@ -268,6 +267,10 @@ async fn retyping_a_mapped_column_stops_the_stream_with_a_fatal_error_naming_it_
     assert!(
         !e.is_transient() && e.to_string().contains("type oid 25"),
         "still the retyped column of the replayed transaction: {e}"
+    );
+    assert!(
+        e.to_string().contains("pg_drop_replication_slot"),
+        "the hint gives the way out: {e}"
     );
     assert!(db.event(after).await.is_none());
 }

@@ -351,26 +351,51 @@ pub async fn preflight(source: &Client, cfg: &Config) -> Result<(), SyncError> {
 /// the table out of the publication, after which its changes would silently
 /// stop arriving.
 pub async fn check_publication(source: &Client, cfg: &Config) -> Result<(), SyncError> {
-    let row = source
-        .query_one(
-            "select exists (select 1 from pg_publication where pubname = $1),
-                    exists (select 1 from pg_publication_tables where pubname = $1 and tablename = 'interaction')",
+    let exists = source
+        .query_opt(
+            "select 1 from pg_publication where pubname = $1",
             &[&cfg.publication],
         )
         .await
-        .map_err(|e| SyncError::db("reading the publication", e))?;
-    let (exists, has_interaction): (bool, bool) = (row.get(0), row.get(1));
+        .map_err(|e| SyncError::db("reading the publication", e))?
+        .is_some();
     if !exists {
         return Err(SyncError::fatal(
             format!("publication {} does not exist", cfg.publication),
             "run `calendar-sync migrate` (it creates the publication), or set CALENDAR_SYNC_PUBLICATION",
         ));
     }
-    if !has_interaction {
-        return Err(SyncError::fatal(
-            format!("publication {} does not publish interaction, so no change would arrive", cfg.publication),
-            format!("ALTER PUBLICATION {} ADD TABLE interaction (<mapped columns>), or drop the publication and run `calendar-sync migrate`", cfg.publication),
-        ));
+    let published: Vec<String> = source
+        .query(
+            "select tablename::text from pg_publication_tables where pubname = $1",
+            &[&cfg.publication],
+        )
+        .await
+        .map_err(|e| SyncError::db("reading the publication's tables", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let p = &cfg.participants;
+    for (table, consequence) in [
+        ("interaction", "no change of an interaction would arrive"),
+        (
+            p.customer_table.as_str(),
+            "customer renames would no longer refresh participants",
+        ),
+        (
+            p.contact_table.as_str(),
+            "contact renames would no longer refresh participants",
+        ),
+    ] {
+        if !published.iter().any(|t| t == table) {
+            return Err(SyncError::fatal(
+                format!("publication {} does not publish {table}: {consequence}", cfg.publication),
+                format!(
+                    "a DROP COLUMN ... CASCADE of a published column removes the table from the publication; restore the column, then ALTER PUBLICATION {} ADD TABLE {table} (<its mapped columns>), or drop the publication and run `calendar-sync migrate`",
+                    cfg.publication
+                ),
+            ));
+        }
     }
     Ok(())
 }

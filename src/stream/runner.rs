@@ -21,7 +21,7 @@ use pgwire_replication::{ReplicationClient, ReplicationEvent};
 use tokio::sync::watch;
 
 use crate::apply::{Applier, ECHO_PREFIX};
-use crate::changes::{RelationCache, SourceChange};
+use crate::changes::{RelationCache, SourceChange, StreamError};
 use crate::config::Config;
 use crate::db;
 use crate::error::SyncError;
@@ -214,6 +214,22 @@ struct Streamer<'a> {
     last_commit_ts: Option<DateTime<Utc>>,
 }
 
+/// A schema the mapping cannot take. Logical decoding reads every change with
+/// the table definition it was written under, so restoring the column does not
+/// make the already-written transactions readable: the way out is a new slot
+/// and snapshot.
+fn fatal_schema(e: &StreamError, slot: &str) -> SyncError {
+    match e {
+        StreamError::Schema(_) => SyncError::fatal(
+            format!("replication stream: {e}"),
+            format!(
+                "nothing of this transaction was applied and progress did not move, but it will arrive in this shape on every replay: restore the column, then drop the slot (select pg_drop_replication_slot('{slot}')) and `delete from calendar_sync_progress where slot_name = '{slot}'` in the target, and start again to take a new snapshot"
+            ),
+        ),
+        other => fatal_stream(other),
+    }
+}
+
 fn fatal_stream(e: &dyn std::fmt::Display) -> SyncError {
     SyncError::fatal(
         format!("replication stream: {e}"),
@@ -305,7 +321,7 @@ impl Streamer<'_> {
                     Message::Relation(r) => self
                         .relations
                         .on_relation(r)
-                        .map_err(|e| fatal_stream(&e))?,
+                        .map_err(|e| fatal_schema(&e, &self.cfg.slot))?,
                     Message::Insert(_)
                     | Message::Update(_)
                     | Message::Delete(_)
@@ -355,7 +371,11 @@ impl Streamer<'_> {
         {
             return Ok(());
         }
-        for change in self.relations.changes(msg).map_err(|e| fatal_stream(&e))? {
+        for change in self
+            .relations
+            .changes(msg)
+            .map_err(|e| fatal_schema(&e, &self.cfg.slot))?
+        {
             apply(&mut self.applier, change).await?;
         }
         Ok(())
