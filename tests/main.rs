@@ -6,6 +6,7 @@ mod support;
 mod crash;
 mod echo;
 mod failures;
+mod fatal;
 mod idle;
 mod mapping;
 mod process;

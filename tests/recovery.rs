@@ -1,8 +1,7 @@
-//! Contract §5, failures: transient ones (server restart, terminated sessions,
-//! a slot held by another consumer) are retried and replayed without doubling
-//! anything or writing the failures table; fatal ones (slot gone, publication
-//! or schema missing, wal_level, replication rights) stop with a message that
-//! names the problem and a hint that says what to do.
+//! Contract §5, transient failures (server restart, terminated sessions, a
+//! slot held by another consumer) are retried and replayed without doubling
+//! anything or writing the failures table. Fatal ones are in `fatal.rs`, which
+//! shares the helpers here.
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::{Child, Stdio};
@@ -28,7 +27,7 @@ use crate::support::*;
 
 /// A connection that is not named `calendar-sync`, so that terminating the
 /// consumer's sessions by application_name leaves the test's own alone.
-async fn own_connect(url: &str, app: &str) -> Result<Client, tokio_postgres::Error> {
+pub(crate) async fn own_connect(url: &str, app: &str) -> Result<Client, tokio_postgres::Error> {
     let mut cfg: tokio_postgres::Config = url.parse()?;
     cfg.application_name(app);
     let (client, connection) = cfg.connect(NoTls).await?;
@@ -39,7 +38,7 @@ async fn own_connect(url: &str, app: &str) -> Result<Client, tokio_postgres::Err
 }
 
 /// Connects, retrying while the server is down or starting up (60 s at most).
-async fn connect_retrying(url: &str, app: &str) -> Client {
+pub(crate) async fn connect_retrying(url: &str, app: &str) -> Client {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match own_connect(url, app).await {
@@ -56,7 +55,7 @@ async fn connect_retrying(url: &str, app: &str) -> Client {
 }
 
 /// `db` with its client replaced by one named `recovery-test`.
-async fn renamed(db: TestDb) -> TestDb {
+pub(crate) async fn renamed(db: TestDb) -> TestDb {
     let client = connect_retrying(&db.url, "recovery-test").await;
     TestDb {
         name: db.name,
@@ -66,7 +65,10 @@ async fn renamed(db: TestDb) -> TestDb {
 }
 
 /// A private cluster (the shared one must never be restarted or reconfigured).
-async fn private_cluster(name: &'static str, extra_conf: &'static str) -> Arc<LocalCluster> {
+pub(crate) async fn private_cluster(
+    name: &'static str,
+    extra_conf: &'static str,
+) -> Arc<LocalCluster> {
     let c = tokio::task::spawn_blocking(move || LocalCluster::start(name, extra_conf))
         .await
         .expect("cluster start task")
@@ -75,7 +77,7 @@ async fn private_cluster(name: &'static str, extra_conf: &'static str) -> Arc<Lo
 }
 
 /// Stops and removes a private cluster off the async worker threads.
-async fn remove_cluster(c: Arc<LocalCluster>) {
+pub(crate) async fn remove_cluster(c: Arc<LocalCluster>) {
     tokio::task::spawn_blocking(move || drop(c))
         .await
         .expect("cluster removal task");
@@ -83,7 +85,7 @@ async fn remove_cluster(c: Arc<LocalCluster>) {
 
 /// The CRM of `TestDb::crm` (schema, one user, customer and contact) in a new
 /// database `name` of a private cluster.
-async fn crm_on(cluster: &LocalCluster, name: &str) -> TestDb {
+pub(crate) async fn crm_on(cluster: &LocalCluster, name: &str) -> TestDb {
     let admin = connect_retrying(&cluster.url("postgres"), "recovery-test").await;
     admin
         .batch_execute(&format!("create database {name}"))
@@ -109,7 +111,7 @@ async fn crm_on(cluster: &LocalCluster, name: &str) -> TestDb {
 }
 
 /// `calendar_sync_reconnects_total` of `m`.
-fn reconnects(m: &Metrics) -> u64 {
+pub(crate) fn reconnects(m: &Metrics) -> u64 {
     m.render()
         .lines()
         .find_map(|l| {
@@ -121,7 +123,7 @@ fn reconnects(m: &Metrics) -> u64 {
 }
 
 /// Waits (bounded) for the consumer to end and returns its fatal error.
-async fn fatal_of(run: &mut Running, within: Duration) -> (String, String) {
+pub(crate) async fn fatal_of(run: &mut Running, within: Duration) -> (String, String) {
     let result = match tokio::time::timeout(within, &mut run.handle).await {
         Ok(joined) => joined.expect("the consumer task did not panic"),
         Err(_) => {
@@ -139,7 +141,7 @@ async fn fatal_of(run: &mut Running, within: Duration) -> (String, String) {
 }
 
 /// Spawns `calendar-sync run` for `db` with stderr captured.
-fn spawn_run(db: &TestDb) -> Child {
+pub(crate) fn spawn_run(db: &TestDb) -> Child {
     binary()
         .args(["run"])
         .env("DATABASE_URL", &db.url)
@@ -152,7 +154,7 @@ fn spawn_run(db: &TestDb) -> Child {
 }
 
 /// Waits until the binary exits (killing it after `within`): exit code, stderr.
-async fn exit_of(mut child: Child, within: Duration) -> (Option<i32>, String) {
+pub(crate) async fn exit_of(mut child: Child, within: Duration) -> (Option<i32>, String) {
     let started = Instant::now();
     loop {
         if child.try_wait().expect("try_wait").is_some() {
@@ -360,36 +362,6 @@ async fn assert_calendar_is(db: &TestDb, w: &Written) {
     );
 }
 
-/// `TestDb::barrier`, but from `pg_current_wal_insert_lsn()`: on a server with
-/// `synchronous_commit = off` (the shared test cluster), `pg_current_wal_lsn()`
-/// is the WAL *write* position, which can lag behind commits already
-/// acknowledged, so progress can pass it before those commits are applied.
-async fn barrier(db: &TestDb) {
-    let before: String = db
-        .client
-        .query_one("select pg_current_wal_insert_lsn()::text", &[])
-        .await
-        .expect("insert lsn")
-        .get(0);
-    db.client
-        .execute(
-            &format!("update customer set name = name where customer_id = '{CUSTOMER}'"),
-            &[],
-        )
-        .await
-        .expect("barrier update");
-    let passed = wait_until(Duration::from_secs(30), || async {
-        db.count(&format!(
-            "select count(*) from calendar_sync_progress where slot_name = '{}' and lsn > '{before}'::pg_lsn",
-            db.name
-        ))
-        .await
-            == 1
-    })
-    .await;
-    assert!(passed, "progress did not pass {before} within 30 s");
-}
-
 fn random_pause() -> Duration {
     Duration::from_millis(100 + (Uuid::new_v4().as_u128() % 400) as u64)
 }
@@ -451,7 +423,7 @@ async fn an_immediate_server_restart_mid_stream_is_recovered_without_loss_double
         w.errors > 0,
         "the writer never saw the server go away: the restart was not mid-stream"
     );
-    barrier(&db).await;
+    db.barrier().await;
     assert_calendar_is(&db, &w).await;
     assert!(
         reconnects(&run.metrics) >= 1,
@@ -519,7 +491,7 @@ async fn terminated_sessions_are_reconnected_and_replayed_without_doubles_or_fai
         reconnects(&run.metrics)
     );
     chaos.wait_more(10, "after terminating the walsender").await;
-    barrier(&db).await;
+    db.barrier().await;
 
     // Every session: walsender, target, source and lookups.
     let n = terminate(&db, false).await;
@@ -533,7 +505,7 @@ async fn terminated_sessions_are_reconnected_and_replayed_without_doubles_or_fai
     );
     chaos.wait_more(10, "after terminating every session").await;
     let w = chaos.finish().await;
-    barrier(&db).await;
+    db.barrier().await;
     assert_calendar_is(&db, &w).await;
     run.stop().await.expect("clean stop");
 }
@@ -575,7 +547,7 @@ async fn a_second_consumer_on_the_same_slot_waits_and_takes_over_when_the_first_
         1,
     )
     .await;
-    barrier(&db).await;
+    db.barrier().await;
     assert_eq!(
         b.metrics.action_count(Action::Create, Status::Success),
         1,
@@ -597,179 +569,4 @@ async fn a_second_consumer_on_the_same_slot_waits_and_takes_over_when_the_first_
         0
     );
     b.stop().await.expect("B stops cleanly");
-}
-
-// ---------------------------------------------------------------------------
-// Fatal failures
-// ---------------------------------------------------------------------------
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dropped_slot_is_fatal_names_the_slot_and_says_how_to_start_over() {
-    let db = TestDb::crm().await;
-    db.migrate().await;
-    let run = Running::start(db.config());
-    wait_streaming(&db).await;
-    let id = db.insert("Kept", "now() + interval '1 day'", "").await;
-    db.wait_count(
-        &format!("select count(*) from calendar_events where related_id = '{id}'"),
-        1,
-    )
-    .await;
-    run.stop().await.expect("clean stop");
-    db.wait_count(
-        &format!(
-            "select count(*) from pg_replication_slots where slot_name = '{}' and not active",
-            db.name
-        ),
-        1,
-    )
-    .await;
-    db.client
-        .execute("select pg_drop_replication_slot($1)", &[&db.name])
-        .await
-        .expect("drop slot");
-
-    // In-process: a fatal error, not an endless retry.
-    let mut run = Running::start(db.config());
-    let (message, hint) = fatal_of(&mut run, Duration::from_secs(20)).await;
-    assert!(message.contains(&db.name), "names the slot: {message}");
-    let recipe = format!(
-        "delete from calendar_sync_progress where slot_name = '{}'",
-        db.name
-    );
-    assert!(hint.contains(&recipe), "says how to start over: {hint}");
-
-    // The real binary: non-zero, the slot in stderr, within 20 s.
-    let (code, stderr) = exit_of(spawn_run(&db), Duration::from_secs(20)).await;
-    assert!(code.is_some_and(|c| c != 0), "exit code {code:?}: {stderr}");
-    assert!(
-        stderr.contains(&format!("replication slot {}", db.name)) && stderr.contains(&recipe),
-        "stderr names the slot and the way out: {stderr}"
-    );
-
-    // The hint works: with the progress row gone, `run` takes a new snapshot.
-    db.client
-        .batch_execute(&recipe)
-        .await
-        .expect("follow the hint");
-    let run = Running::start(db.config());
-    wait_streaming(&db).await;
-    let after = db
-        .insert("After starting over", "now() + interval '1 day'", "")
-        .await;
-    db.wait_count(
-        &format!("select count(*) from calendar_events where related_id = '{after}'"),
-        1,
-    )
-    .await;
-    assert_eq!(
-        db.count(&format!(
-            "select count(*) from calendar_sync_log where interaction_id = '{id}' and action = 'create'"
-        ))
-        .await,
-        1,
-        "the new snapshot does not create the kept event again"
-    );
-    run.stop().await.expect("clean stop");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_publication_stops_the_binary_quickly_with_a_hint_to_migrate() {
-    let db = TestDb::crm().await;
-    db.migrate().await;
-    db.client
-        .batch_execute(&format!("drop publication {}", db.name))
-        .await
-        .expect("drop publication");
-    let (code, stderr) = exit_of(spawn_run(&db), Duration::from_secs(10)).await;
-    assert!(code.is_some_and(|c| c != 0), "exit code {code:?}: {stderr}");
-    assert!(
-        stderr.contains(&format!("publication {}", db.name)),
-        "names the publication: {stderr}"
-    );
-    assert!(
-        stderr.contains("calendar-sync migrate"),
-        "hints migrate: {stderr}"
-    );
-    assert_eq!(
-        db.count(&format!(
-            "select count(*) from pg_replication_slots where slot_name = '{}'",
-            db.name
-        ))
-        .await,
-        0,
-        "the check comes before the slot is created"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_target_schema_is_fatal_with_a_hint_to_migrate() {
-    let db = TestDb::crm().await;
-    db.client
-        .batch_execute(&format!(
-            "create publication {} for table interaction",
-            db.name
-        ))
-        .await
-        .expect("publication by hand");
-    let mut run = Running::start(db.config());
-    let (message, hint) = fatal_of(&mut run, Duration::from_secs(15)).await;
-    assert!(
-        hint.contains("calendar-sync migrate"),
-        "hints migrate: {message} / {hint}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wal_level_replica_is_fatal_and_names_wal_level() {
-    let cluster = private_cluster(
-        "recovery-replica",
-        "wal_level = replica\nlog_min_messages = warning\n",
-    )
-    .await;
-    let db = crm_on(&cluster, "t_replica").await;
-    db.migrate().await;
-    let mut run = Running::start(db.config());
-    let (message, hint) = fatal_of(&mut run, Duration::from_secs(15)).await;
-    assert!(
-        message.contains("wal_level is replica"),
-        "names wal_level: {message}"
-    );
-    assert!(
-        hint.contains("wal_level = logical") && hint.contains("restart"),
-        "says what to set: {hint}"
-    );
-    drop(db);
-    remove_cluster(cluster).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_role_without_replication_rights_is_fatal_and_mentions_replication() {
-    let db = TestDb::crm().await;
-    db.migrate().await;
-    // Roles are cluster-wide: a name of this test's own.
-    let role = format!("norepl_{}", &db.name[2..14]);
-    db.client
-        .batch_execute(&format!(
-            "create role {role} login; grant all on all tables in schema public to {role};"
-        ))
-        .await
-        .expect("create role");
-    let url = format!(
-        "postgres://{role}@127.0.0.1:{}/{}",
-        cluster().port(),
-        db.name
-    );
-    let mut cfg = calendar_sync::config::Config::new(url, &db.name).expect("config");
-    cfg.publication = db.name.clone();
-    let mut run = Running::start(cfg);
-    let (message, hint) = fatal_of(&mut run, Duration::from_secs(15)).await;
-    assert!(
-        format!("{message} {hint}").contains("REPLICATION"),
-        "mentions REPLICATION: {message} / {hint}"
-    );
-    assert!(
-        message.contains("replication rights"),
-        "says what is missing: {message}"
-    );
 }

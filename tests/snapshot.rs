@@ -12,7 +12,27 @@ async fn assert_calendar_matches_interactions(db: &TestDb) {
     let missing = db
         .count("select count(*) from interaction i where not exists (select 1 from calendar_events e where e.related_id = i.interaction_id and e.title = i.subject)")
         .await;
-    assert_eq!(missing, 0, "interactions without a matching event");
+    if missing != 0 {
+        let detail: Vec<String> = db
+            .client
+            .query(
+                "select i.interaction_id::text || ' subject=' || i.subject || ' event=' || coalesce(e.title, '<none>')
+                        || ' log=' || coalesce((select string_agg(action || '/' || status || '@' || source_lsn::text, ',') from calendar_sync_log l where l.interaction_id = i.interaction_id), '')
+                   from interaction i left join calendar_events e on e.related_id = i.interaction_id
+                  where e.title is distinct from i.subject",
+                &[],
+            )
+            .await
+            .expect("detail")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let failures = db
+            .count("select count(*) from calendar_sync_failures")
+            .await;
+        let progress: String = db.client.query_one("select lsn::text || ' snapshot ' || snapshot_lsn::text from calendar_sync_progress", &[]).await.expect("p").get(0);
+        panic!("interactions without a matching event: {detail:#?}; failures {failures}; progress {progress}");
+    }
     let orphans = db
         .count("select count(*) from calendar_events e where not exists (select 1 from interaction i where i.interaction_id = e.related_id)")
         .await;

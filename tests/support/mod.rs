@@ -201,8 +201,11 @@ fn extra_vals(extra: &str) -> String {
         .collect()
 }
 
+/// The WAL insert position: at or after every commit this session has seen
+/// succeed (`pg_current_wal_lsn()`, the write position, can lag behind it with
+/// `synchronous_commit = off`, which the test cluster uses).
 pub async fn pg_current_lsn(c: &Client) -> String {
-    c.query_one("select pg_current_wal_lsn()::text", &[])
+    c.query_one("select pg_current_wal_insert_lsn()::text", &[])
         .await
         .expect("wal lsn")
         .get(0)
