@@ -177,3 +177,47 @@ async fn a_role_without_replication_rights_is_fatal_and_mentions_replication() {
         "says what is missing: {message}"
     );
 }
+
+/// A slot invalidated by `max_slot_wal_keep_size` (the server removed WAL it
+/// still needed) is fatal and says so; it is never streamed from as if
+/// nothing was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_invalidated_by_max_slot_wal_keep_size_is_fatal() {
+    let cluster = private_cluster(
+        "lost",
+        "max_slot_wal_keep_size = 1MB\nmax_wal_size = 32MB\nmin_wal_size = 32MB\n",
+    )
+    .await;
+    let db = crm_on(&cluster, "lost").await;
+    db.migrate().await;
+    let run = Running::start(db.config());
+    wait_streaming(&db).await;
+    run.stop().await.expect("clean stop");
+    // While nobody consumes the slot, write and switch past several segments.
+    db.client
+        .batch_execute("create table ballast (v text)")
+        .await
+        .expect("ballast");
+    let lost = wait_until(Duration::from_secs(60), || async {
+        db.client
+            .batch_execute("insert into ballast select repeat(md5(g::text), 32) from generate_series(1, 5000) g; select pg_switch_wal(); checkpoint;")
+            .await
+            .expect("generate WAL");
+        db.count(&format!("select count(*) from pg_replication_slots where slot_name = '{}' and wal_status = 'lost'", db.name))
+            .await
+            == 1
+    })
+    .await;
+    assert!(lost, "the slot was not invalidated");
+    let mut run = Running::start(db.config());
+    let (message, hint) = fatal_of(&mut run, Duration::from_secs(20)).await;
+    assert!(
+        message.contains("invalidated") && message.contains(&db.name),
+        "{message}"
+    );
+    assert!(
+        hint.contains("max_slot_wal_keep_size") && hint.contains("calendar_sync_progress"),
+        "{hint}"
+    );
+    remove_cluster(cluster).await;
+}

@@ -104,3 +104,36 @@ async fn run_streams_and_exits_zero_on_sigterm_after_a_final_status_update() {
         "the final status update reported the last applied LSN"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_slot_progress_lag_and_pending_failures_as_json() {
+    let db = TestDb::crm().await;
+    db.migrate().await;
+    let run = Running::start(db.config());
+    wait_streaming(&db).await;
+    db.insert("Status", "now()", "").await;
+    db.barrier().await;
+    let out = binary()
+        .args(["status", "--json"])
+        .env("DATABASE_URL", &db.url)
+        .env("CALENDAR_SYNC_SLOT", &db.name)
+        .env("CALENDAR_SYNC_PUBLICATION", &db.name)
+        .output()
+        .expect("run status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json is JSON");
+    assert_eq!(v["slot"], db.name.as_str());
+    assert_eq!(v["slot_exists"], true);
+    assert_eq!(v["slot_active"], true);
+    assert_eq!(v["pending_failures"], 0);
+    assert!(
+        v["progress_lsn"].as_str().is_some_and(|l| l.contains('/')),
+        "{v}"
+    );
+    assert!(v["lag_bytes"].as_i64().is_some(), "{v}");
+    run.stop().await.expect("clean stop");
+}
