@@ -82,6 +82,22 @@ pub struct ParticipantArgs {
     pub contact_email_column: String,
 }
 
+impl Default for ParticipantArgs {
+    fn default() -> Self {
+        let d = ParticipantSchema::default();
+        ParticipantArgs {
+            customer_table: d.customer_table,
+            customer_id_column: d.customer_id,
+            customer_name_column: d.customer_name,
+            contact_table: d.contact_table,
+            contact_id_column: d.contact_id,
+            contact_first_name_column: d.contact_first_name,
+            contact_last_name_column: d.contact_last_name,
+            contact_email_column: d.contact_email,
+        }
+    }
+}
+
 /// Flags of `run` (and `demo`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct SyncArgs {
@@ -188,16 +204,7 @@ impl Config {
                 target_database_url: None,
                 slot: slot.into(),
                 publication: "calendar_sync".into(),
-                participants: ParticipantArgs {
-                    customer_table: "customer".into(),
-                    customer_id_column: "customer_id".into(),
-                    customer_name_column: "name".into(),
-                    contact_table: "contact".into(),
-                    contact_id_column: "contact_id".into(),
-                    contact_first_name_column: "first_name".into(),
-                    contact_last_name_column: "last_name".into(),
-                    contact_email_column: "email".into(),
-                },
+                participants: ParticipantArgs::default(),
             },
             None,
         )
@@ -340,16 +347,7 @@ mod tests {
             target_database_url: Some("postgres://localhost/db".into()),
             slot: "s".into(),
             publication: "p".into(),
-            participants: ParticipantArgs {
-                customer_table: "customer".into(),
-                customer_id_column: "customer_id".into(),
-                customer_name_column: "name".into(),
-                contact_table: "contact".into(),
-                contact_id_column: "contact_id".into(),
-                contact_first_name_column: "first_name".into(),
-                contact_last_name_column: "last_name".into(),
-                contact_email_column: "email".into(),
-            },
+            participants: ParticipantArgs::default(),
         };
         assert!(Config::from_args(args.clone(), None)
             .expect("valid")

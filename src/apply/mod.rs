@@ -48,7 +48,7 @@ use crate::error::{classify_pg, describe_pg, ErrorClass, SyncError};
 use crate::lsn::Lsn;
 use crate::mapping::fields::participants;
 use crate::mapping::rules::{decide, Change};
-use crate::mapping::{Action, InteractionRow, RowError, Toast};
+use crate::mapping::{Action, EventFields, InteractionRow, RowError, Toast};
 use crate::metrics::{Metrics, Status};
 use event::event_from_row;
 
@@ -228,16 +228,9 @@ impl Applier {
         let (lsn, ts) = self.ensure_target_txn().await?;
         self.savepoint().await?;
         let result = async {
-            let existing = self.target.query_opt(&self.t.select_event, &[&id]).await?;
-            let existing = existing.as_ref().map(event_from_row).transpose()?;
-            let decision = decide(
-                &Change::Delete,
-                existing.as_ref().map(|e| &e.1),
-                ts,
-                self.window,
-                self.tz,
-            )?;
-            self.write(id, decision, existing, lsn).await
+            let existing = self.existing_event(id).await?;
+            self.decide_and_write(id, &Change::Delete, existing, ts, lsn)
+                .await
         }
         .await;
         self.finish_change(id, result, None, lsn).await
@@ -366,8 +359,7 @@ impl Applier {
         lsn: Lsn,
         ts: DateTime<Utc>,
     ) -> Result<Option<Action>, ChangeError> {
-        let existing = self.target.query_opt(&self.t.select_event, &[&id]).await?;
-        let existing = existing.as_ref().map(event_from_row).transpose()?;
+        let existing = self.existing_event(id).await?;
         let row = match row {
             Ok(r) => r,
             Err(e) => return Err(ChangeError::Row(e.to_string())),
@@ -390,8 +382,26 @@ impl Applier {
             row: &row,
             participants,
         };
+        self.decide_and_write(id, &change, existing, ts, lsn).await
+    }
+
+    /// The event of interaction `id`, locked for this transaction.
+    async fn existing_event(&self, id: Uuid) -> Result<Option<(Uuid, EventFields)>, ChangeError> {
+        let row = self.target.query_opt(&self.t.select_event, &[&id]).await?;
+        Ok(row.as_ref().map(event_from_row).transpose()?)
+    }
+
+    /// `mapping::decide` at commit time `ts`, then the write it asks for.
+    async fn decide_and_write(
+        &mut self,
+        id: Uuid,
+        change: &Change<'_>,
+        existing: Option<(Uuid, EventFields)>,
+        ts: DateTime<Utc>,
+        lsn: Lsn,
+    ) -> Result<Option<Action>, ChangeError> {
         let decision = decide(
-            &change,
+            change,
             existing.as_ref().map(|e| &e.1),
             ts,
             self.window,
