@@ -131,7 +131,7 @@ fn relation_round_trip() {
 fn insert_round_trip_is_zero_copy() {
     let values = [text("héllo"), build::binary(&[0, 1, 2]), TupleValue::Null];
     let frame = build::insert(42, &values);
-    let msg = parse(&frame).unwrap();
+    let msg = parse(&frame).expect("valid test input");
     assert_eq!(
         msg,
         Message::Insert(Insert {
@@ -142,14 +142,14 @@ fn insert_round_trip_is_zero_copy() {
     let Message::Insert(insert) = msg else {
         unreachable!()
     };
-    let value = insert.new.values()[0].as_bytes().unwrap();
+    let value = insert.new.values()[0].as_bytes().expect("valid test input");
     let frame_range = frame.as_ptr() as usize..frame.as_ptr() as usize + frame.len();
     assert!(frame_range.contains(&(value.as_ptr() as usize)));
     assert_eq!(insert.new.values()[0].as_text(), Some(Ok("héllo")));
     assert_eq!(insert.new.values()[1].as_text(), None);
     assert!(TupleValue::Text(Bytes::from_static(b"\xff"))
         .as_text()
-        .unwrap()
+        .expect("valid test input")
         .is_err());
 }
 
@@ -171,7 +171,7 @@ fn update_with_key_old_tuple() {
 fn update_with_full_old_tuple() {
     let old = [text("1"), text("a")];
     let new = [text("1"), text("b")];
-    let msg = parse(&build::update(5, Some((b'O', &old)), &new)).unwrap();
+    let msg = parse(&build::update(5, Some((b'O', &old)), &new)).expect("valid test input");
     let Message::Update(update) = msg else {
         panic!("not an update: {msg:?}")
     };
@@ -369,7 +369,7 @@ fn negative_lengths() {
 #[test]
 fn unknown_tuple_kind() {
     let mut frame = build::insert(1, &[TupleValue::Null, TupleValue::Null]).to_vec();
-    *frame.last_mut().unwrap() = b'x';
+    *frame.last_mut().expect("valid test input") = b'x';
     let err = parse_slice(&frame).unwrap_err();
     assert_eq!(
         err,
@@ -399,7 +399,10 @@ fn trailing_bytes() {
 #[test]
 fn invalid_utf8_in_a_name() {
     let mut frame = build::relation(1, "public", "ev?nts", b'd', &[]).to_vec();
-    let at = frame.iter().position(|&b| b == b'?').unwrap();
+    let at = frame
+        .iter()
+        .position(|&b| b == b'?')
+        .expect("valid test input");
     frame[at] = 0xff;
     assert_eq!(
         parse_slice(&frame),

@@ -1,0 +1,339 @@
+//! The HTTP surface over real sockets.
+
+use super::*;
+use crate::metrics::{
+    BACKOFF_ACTIVE, BACKOFF_SECONDS, PENDING_FAILURES, REPLICATION_LAG_BYTES,
+    REPLICATION_LAG_SECONDS, STREAMING,
+};
+use tokio::task::JoinHandle;
+
+/// Bound on every await on the server, so a hang fails the test.
+const TEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Server {
+    addr: SocketAddr,
+    metrics: Metrics,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<io::Result<()>>,
+}
+
+impl Server {
+    async fn start() -> Server {
+        Server::start_with(IO_TIMEOUT).await
+    }
+
+    async fn start_with(io_timeout: Duration) -> Server {
+        let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .expect("test I/O");
+        let addr = listener.local_addr().expect("test I/O");
+        let metrics = Metrics::new();
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(serve_with(listener, metrics.clone(), rx, io_timeout));
+        Server {
+            addr,
+            metrics,
+            stop,
+            task,
+        }
+    }
+
+    /// Stops the server and checks that `serve` returns promptly.
+    async fn stop(self) {
+        self.stop.send(true).expect("test I/O");
+        timeout(Duration::from_secs(2), self.task)
+            .await
+            .expect("serve returns after shutdown")
+            .expect("serve task did not panic")
+            .expect("serve returns Ok");
+    }
+
+    /// Sends `raw` and reads until the server closes.
+    async fn raw(&self, raw: &[u8]) -> Vec<u8> {
+        let mut stream = TcpStream::connect(self.addr).await.expect("test I/O");
+        stream.write_all(raw).await.expect("test I/O");
+        let mut out = Vec::new();
+        timeout(TEST_TIMEOUT, stream.read_to_end(&mut out))
+            .await
+            .expect("server answered and closed in time")
+            .expect("test I/O");
+        out
+    }
+
+    async fn get(&self, path: &str) -> Response {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        Response::parse(&self.raw(req.as_bytes()).await, true)
+    }
+}
+
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Response {
+    /// Parses and checks the framing every response must have.
+    fn parse(raw: &[u8], expect_body: bool) -> Response {
+        let text = String::from_utf8(raw.to_vec()).expect("test I/O");
+        let (head, body) = text.split_once("\r\n\r\n").expect("complete head");
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().expect("test I/O");
+        let status = status_line
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+        let headers: Vec<(String, String)> = lines
+            .map(|l| {
+                let (k, v) = l.split_once(": ").expect("test I/O");
+                (k.to_ascii_lowercase(), v.to_owned())
+            })
+            .collect();
+        let resp = Response {
+            status,
+            headers,
+            body: body.to_owned(),
+        };
+        assert_eq!(resp.header("connection"), Some("close"));
+        let length: usize = resp
+            .header("content-length")
+            .expect("test I/O")
+            .parse()
+            .expect("test I/O");
+        if expect_body {
+            assert_eq!(length, resp.body.len(), "Content-Length matches the body");
+        } else {
+            assert!(resp.body.is_empty(), "no body expected");
+        }
+        resp
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[tokio::test]
+async fn healthz_is_ok() {
+    let server = Server::start().await;
+    let resp = server.get("/healthz").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, "ok\n");
+    // HTTP/1.0 and bare newlines are fine too.
+    let raw = server.raw(b"GET /healthz HTTP/1.0\nHost: x\n\n").await;
+    assert_eq!(Response::parse(&raw, true).status, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn readyz_follows_streaming_and_backoff() {
+    let server = Server::start().await;
+    let resp = server.get("/readyz").await;
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.body, "not streaming yet\n");
+
+    server.metrics.set_streaming(true);
+    let resp = server.get("/readyz").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, "ready\n");
+
+    server.metrics.set_backoff(Some(Duration::from_secs(2)));
+    let resp = server.get("/readyz").await;
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.body, "backing off after a transient failure\n");
+
+    server.metrics.set_backoff(None);
+    assert_eq!(server.get("/readyz").await.status, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_exposition() {
+    let server = Server::start().await;
+    server.metrics.set_pending_failures(7);
+    let resp = server.get("/metrics").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.header("content-type"),
+        Some("text/plain; version=0.0.4")
+    );
+    assert!(resp
+        .body
+        .contains(r#"calendar_sync_actions_total{action="create",status="success"} 0"#));
+    for name in [
+        REPLICATION_LAG_BYTES,
+        REPLICATION_LAG_SECONDS,
+        PENDING_FAILURES,
+        BACKOFF_SECONDS,
+        BACKOFF_ACTIVE,
+        STREAMING,
+    ] {
+        assert!(
+            resp.body.contains(&format!("# TYPE {name} gauge")),
+            "{name} missing"
+        );
+    }
+    assert!(resp.body.contains("calendar_sync_pending_failures 7\n"));
+    // A query string doesn't change the route.
+    assert_eq!(server.get("/metrics?name[]=x").await.status, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn head_has_headers_but_no_body() {
+    let server = Server::start().await;
+    let raw = server.raw(b"HEAD /healthz HTTP/1.1\r\n\r\n").await;
+    let resp = Response::parse(&raw, false);
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("content-length"), Some("3"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_path_is_404() {
+    let server = Server::start().await;
+    assert_eq!(server.get("/").await.status, 404);
+    assert_eq!(server.get("/healthz/extra").await.status, 404);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn other_methods_are_405() {
+    let server = Server::start().await;
+    let raw = server
+        .raw(b"POST /metrics HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello")
+        .await;
+    let resp = Response::parse(&raw, true);
+    assert_eq!(resp.status, 405);
+    assert_eq!(resp.header("allow"), Some("GET, HEAD"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_request_line_is_400() {
+    let server = Server::start().await;
+    for raw in [
+        &b"garbage\r\n\r\n"[..],
+        b"GET /healthz\r\n\r\n",
+        b"GET healthz HTTP/1.1\r\n\r\n",
+        b"GET /healthz HTTP/2.0\r\n\r\n",
+        b"GET  /healthz HTTP/1.1\r\n\r\n",
+        b"G(T /healthz HTTP/1.1\r\n\r\n",
+        b"\xff\xfe /healthz HTTP/1.1\r\n\r\n",
+    ] {
+        let resp = Response::parse(&server.raw(raw).await, true);
+        assert_eq!(resp.status, 400, "{:?}", String::from_utf8_lossy(raw));
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_head_is_closed_without_answer() {
+    // A long read timeout, so only the size cap can end the connection.
+    let server = Server::start_with(Duration::from_secs(60)).await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("test I/O");
+    let mut req = b"GET /healthz HTTP/1.1\r\nX-Filler: ".to_vec();
+    req.resize(MAX_HEAD + 100, b'a');
+    // The server may reset the connection while we still write.
+    let _ = stream.write_all(&req).await;
+    let mut out = Vec::new();
+    let read = timeout(TEST_TIMEOUT, stream.read_to_end(&mut out))
+        .await
+        .expect("server closed the connection");
+    assert!(read.is_err() || out.is_empty(), "unexpected answer {out:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn head_at_the_cap_is_served() {
+    let server = Server::start().await;
+    let mut req = b"GET /healthz HTTP/1.1\r\nX-Filler: ".to_vec();
+    req.resize(MAX_HEAD - 4, b'a');
+    req.extend_from_slice(b"\r\n\r\n");
+    assert_eq!(req.len(), MAX_HEAD);
+    assert_eq!(Response::parse(&server.raw(&req).await, true).status, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn slow_head_times_out() {
+    let server = Server::start_with(Duration::from_millis(200)).await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("test I/O");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\n")
+        .await
+        .expect("test I/O");
+    let mut out = Vec::new();
+    timeout(TEST_TIMEOUT, stream.read_to_end(&mut out))
+        .await
+        .expect("server closed the idle connection")
+        .expect("test I/O");
+    assert!(out.is_empty());
+    // The server is still serving.
+    assert_eq!(server.get("/healthz").await.status, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_returns_and_aborts_open_connections() {
+    // Connections would otherwise stay open for a minute.
+    let server = Server::start_with(Duration::from_secs(60)).await;
+    let mut idle = TcpStream::connect(server.addr).await.expect("test I/O");
+    idle.write_all(b"GET /hea").await.expect("test I/O");
+    // Make sure the connection was accepted before stopping.
+    assert_eq!(server.get("/healthz").await.status, 200);
+    let addr = server.addr;
+    server.stop().await;
+
+    let mut out = Vec::new();
+    let read = timeout(TEST_TIMEOUT, idle.read_to_end(&mut out))
+        .await
+        .expect("open connection closed on shutdown");
+    assert!(read.is_err() || out.is_empty());
+    assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
+}
+
+#[tokio::test]
+async fn already_shut_down_returns_at_once() {
+    let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("test I/O");
+    let (_stop, rx) = watch::channel(true);
+    timeout(TEST_TIMEOUT, serve(listener, Metrics::new(), rx))
+        .await
+        .expect("serve returns")
+        .expect("test I/O");
+}
+
+#[tokio::test]
+async fn dropped_sender_stops_the_server() {
+    let server = Server::start().await;
+    drop(server.stop);
+    timeout(TEST_TIMEOUT, server.task)
+        .await
+        .expect("serve returns")
+        .expect("test I/O")
+        .expect("test I/O");
+}
+
+#[test]
+fn request_line_and_head_end() {
+    assert_eq!(
+        parse_request_line(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n"),
+        Some(RequestLine {
+            method: "GET",
+            path: "/metrics"
+        })
+    );
+    assert_eq!(parse_request_line(b"GET /metrics HTTP/1.1 x\r\n\r\n"), None);
+    assert_eq!(parse_request_line(b"\r\n\r\n"), None);
+    assert_eq!(head_end(b"a\r\n\r\nrest"), Some(5));
+    assert_eq!(head_end(b"a\n\nrest"), Some(3));
+    assert_eq!(head_end(b"a\r\nb\r\n"), None);
+    assert_eq!(head_end(b"\n"), None);
+}
