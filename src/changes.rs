@@ -197,6 +197,9 @@ impl RelationCache {
                     width,
                 } => {
                     check_width(table, *width, &u.new)?;
+                    if name_unchanged(&u.new, names) {
+                        return Ok(vec![]);
+                    }
                     Ok(vec![party_change(
                         *party,
                         &u.new,
@@ -276,6 +279,14 @@ fn text(t: &Tuple, pos: usize) -> Option<&str> {
         Some(TupleValue::Text(b)) => std::str::from_utf8(b).ok(),
         _ => None,
     }
+}
+
+/// An UPDATE that left an out-of-line (TOASTed) name unchanged does not carry
+/// it: nothing to record or refresh, the stored name is still right.
+fn name_unchanged(t: &Tuple, names: &[usize]) -> bool {
+    names
+        .iter()
+        .any(|p| matches!(t.0.get(*p), Some(TupleValue::UnchangedToast)))
 }
 
 fn party_change(
@@ -429,6 +440,16 @@ mod tests {
                 name: Some("Acme GmbH".into()),
                 deleted: false,
             }]
+        );
+        let got = changes(b::update(
+            11,
+            None,
+            &[b::text(cid), TupleValue::UnchangedToast],
+        ))
+        .expect("ok");
+        assert!(
+            got.is_empty(),
+            "an unchanged TOASTed name is not a change: {got:?}"
         );
         let got = changes(b::delete(11, b'K', &[b::text(cid), TupleValue::Null])).expect("ok");
         assert!(matches!(

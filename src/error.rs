@@ -35,6 +35,9 @@ pub fn classify_sqlstate(code: &str) -> ErrorClass {
             ErrorClass::Transient
         }
         // admin_shutdown, crash_shutdown, and every connection exception.
+        // database_dropped and configuration_limit_exceeded (e.g. all
+        // replication slots in use) never pass by waiting.
+        "57P04" | "53400" => ErrorClass::Fatal,
         c if c.starts_with("57P") || c.starts_with("08") => ErrorClass::Transient,
         // insufficient_resources (disk full, out of memory) usually passes.
         c if c.starts_with("53") => ErrorClass::Transient,
@@ -162,7 +165,9 @@ pub fn describe_pg(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => {
             let mut s = format!("{} (SQLSTATE {})", db.message(), db.code().code());
-            if let Some(d) = db.detail() {
+            // "Failing row contains (...)" lists every column of the row,
+            // which for interaction includes private_notes: never pass it on.
+            if let Some(d) = db.detail().filter(|d| !d.contains("Failing row contains")) {
                 s.push_str(&format!("; detail: {d}"));
             }
             s
@@ -214,7 +219,7 @@ mod tests {
         for c in ["23503", "23505", "22003", "22P02"] {
             assert_eq!(classify_sqlstate(c), ErrorClass::RowPermanent, "{c}");
         }
-        for c in ["42P01", "42501", "XX000", ""] {
+        for c in ["42P01", "42501", "XX000", "57P04", "53400", ""] {
             assert_eq!(classify_sqlstate(c), ErrorClass::Fatal, "{c}");
         }
     }

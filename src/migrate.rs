@@ -199,6 +199,9 @@ async fn ensure_publication(source: &Client, cfg: &Config) -> Result<bool, SyncE
                 "calendar-sync maps this column; check the table or the CALENDAR_SYNC_* column settings",
             ));
         }
+        if version >= 150000 {
+            check_replica_identity(source, table, columns).await?;
+        }
         let list = columns
             .iter()
             .map(|c| quote_ident(c))
@@ -224,4 +227,54 @@ async fn ensure_publication(source: &Client, cfg: &Config) -> Result<bool, SyncE
         .map_err(|e| SyncError::db("creating the publication", e))?;
     tracing::info!(publication = %cfg.publication, "created publication");
     Ok(true)
+}
+
+/// A publication's column list must cover the table's replica identity, or
+/// PostgreSQL refuses every UPDATE and DELETE of the table: creating it would
+/// break the CRM. Checked before `create publication`, with the way out.
+async fn check_replica_identity(
+    source: &Client,
+    table: &str,
+    columns: &[&str],
+) -> Result<(), SyncError> {
+    let row = source
+        .query_one(
+            "select c.relreplident::text,
+                    coalesce((select array_agg(a.attname::text order by a.attnum)
+                                from pg_index i
+                                join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey)
+                               where i.indrelid = c.oid
+                                 and ((c.relreplident = 'd' and i.indisprimary)
+                                      or (c.relreplident = 'i' and i.indisreplident))), '{}')
+               from pg_class c where c.oid = to_regclass($1)",
+            &[&quote_ident(table)],
+        )
+        .await
+        .map_err(|e| SyncError::db(format!("reading the replica identity of {table}"), e))?;
+    let (kind, identity): (String, Vec<String>) = (row.get(0), row.get(1));
+    let refuse = |why: String| {
+        Err(SyncError::fatal(
+            format!("cannot publish {table} for calendar-sync: {why}"),
+            format!(
+                "PostgreSQL requires the publication's column list ({}) to cover the replica identity, else UPDATE and DELETE of {table} fail; use ALTER TABLE {table} REPLICA IDENTITY DEFAULT with a primary key on the mapped id column",
+                columns.join(", ")
+            ),
+        ))
+    };
+    match kind.as_str() {
+        "f" => refuse("its REPLICA IDENTITY is FULL (every column, private ones included)".into()),
+        "n" => refuse(
+            "its REPLICA IDENTITY is NOTHING, so its UPDATEs and DELETEs cannot be published"
+                .into(),
+        ),
+        _ if identity.is_empty() => {
+            refuse("it has no primary key (or replica identity index)".into())
+        }
+        _ => match identity.iter().find(|c| !columns.contains(&c.as_str())) {
+            Some(c) => refuse(format!(
+                "its replica identity includes {c}, which calendar-sync does not publish"
+            )),
+            None => Ok(()),
+        },
+    }
 }

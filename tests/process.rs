@@ -137,3 +137,50 @@ async fn status_reports_slot_progress_lag_and_pending_failures_as_json() {
     assert!(v["lag_bytes"].as_i64().is_some(), "{v}");
     run.stop().await.expect("clean stop");
 }
+
+/// With REPLICA IDENTITY FULL a column list without private_notes would make
+/// every CRM UPDATE and DELETE of interaction fail: migrate refuses instead,
+/// creates no publication, and the CRM keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_refuses_a_replica_identity_the_column_list_cannot_cover() {
+    let db = TestDb::crm().await;
+    db.client
+        .batch_execute("alter table interaction replica identity full")
+        .await
+        .expect("ri full");
+    let err = calendar_sync::migrate::migrate(&db.config())
+        .await
+        .expect_err("refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("REPLICA IDENTITY is FULL") && text.contains("REPLICA IDENTITY DEFAULT"),
+        "{text}"
+    );
+    assert_eq!(
+        db.count(&format!(
+            "select count(*) from pg_publication where pubname = '{}'",
+            db.name
+        ))
+        .await,
+        0
+    );
+    let id = db.insert("Still writable", "now()", "").await;
+    db.client
+        .execute(
+            "update interaction set subject = 'edited' where interaction_id = $1",
+            &[&id],
+        )
+        .await
+        .expect("CRM update works");
+    db.client
+        .batch_execute("alter table interaction replica identity default")
+        .await
+        .expect("ri default");
+    calendar_sync::migrate::migrate(&db.config())
+        .await
+        .expect("migrate with the default identity");
+    db.client
+        .execute("delete from interaction where interaction_id = $1", &[&id])
+        .await
+        .expect("CRM delete works");
+}

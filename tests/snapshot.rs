@@ -175,3 +175,51 @@ async fn a_slot_whose_snapshot_never_committed_is_taken_again() {
     assert_eq!(db.count("select count(*) from calendar_events").await, 2);
     run.stop().await.expect("clean stop");
 }
+
+/// PostgreSQL does not hold a slot while its exported snapshot is copied, so a
+/// second instance starting then must wait (the slot's advisory lock), not
+/// take the slot for an interrupted one and drop it under the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_waits_while_the_first_copies_its_snapshot() {
+    let db = TestDb::crm().await;
+    db.client
+        .batch_execute(&format!(
+            "insert into interaction (interaction_type, subject, interaction_date, created_by)
+             select 'visit', 'pre ' || g, now(), '{USER}' from generate_series(1, 5000) g"
+        ))
+        .await
+        .expect("existing rows");
+    db.migrate().await;
+    let first = Running::start(db.config());
+    let copying = wait_until(Duration::from_secs(20), || async {
+        db.count(&format!(
+            "select count(*) from pg_replication_slots where slot_name = '{0}'
+              and not exists (select 1 from calendar_sync_progress where slot_name = '{0}')",
+            db.name
+        ))
+        .await
+            == 1
+    })
+    .await;
+    assert!(copying, "never saw the first instance copying its snapshot");
+    let second = Running::start(db.config());
+    wait_streaming(&db).await;
+    let waited = wait_until(Duration::from_secs(20), || async {
+        crate::recovery::reconnects(&second.metrics) >= 1
+    })
+    .await;
+    assert!(waited, "the second instance did not wait");
+    first.stop().await.expect("first stops cleanly");
+    let id = db.insert("after the handover", "now()", "").await;
+    db.wait_count(
+        &format!("select count(*) from calendar_events where related_id = '{id}'"),
+        1,
+    )
+    .await;
+    assert_calendar_matches_interactions(&db).await;
+    assert_eq!(
+        db.count("select count(*) from calendar_sync_log").await,
+        5001
+    );
+    second.stop().await.expect("second stops cleanly");
+}

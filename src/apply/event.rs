@@ -118,15 +118,9 @@ impl Applier {
         self.log(id, Some(event_id), action, Status::Success, None, by, lsn)
             .await?;
         if action != Action::Delete && self.write_synced_at {
-            match &self.t.mark_synced {
-                Some(stmt) => {
-                    self.target.execute(stmt, &[&id]).await?;
-                }
-                None => {
-                    if let TxnState::Open { synced, .. } = &mut self.state {
-                        synced.push(id);
-                    }
-                }
+            // Stamped once per batch at commit (see `Applier::stamp`).
+            if let TxnState::Open { synced, .. } = &mut self.state {
+                synced.push(id);
             }
         }
         Ok(Some(action))

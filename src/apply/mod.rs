@@ -173,6 +173,17 @@ impl Applier {
         self.ensure_target_txn().await.map(|_| ())
     }
 
+    /// Clears the regression guard of every interaction event (initial
+    /// snapshot only: a new slot starts a new LSN history).
+    pub async fn forget_event_lsns(&mut self) -> Result<(), SyncError> {
+        self.ensure_target_txn().await?;
+        self.target
+            .execute(&self.t.forget_event_lsns, &[])
+            .await
+            .map_err(db("resetting calendar_events.source_lsn"))?;
+        Ok(())
+    }
+
     /// Opens the target transaction if it is not open yet.
     async fn ensure_target_txn(&mut self) -> Result<(Lsn, DateTime<Utc>), SyncError> {
         let TxnState::Open {
@@ -220,7 +231,7 @@ impl Applier {
             .as_ref()
             .map(|r| r.updated_by.unwrap_or(r.created_by))
             .ok();
-        self.finish_change(id, result, fallback_by, lsn).await
+        self.finish_change(id, result, fallback_by, None, lsn).await
     }
 
     /// DELETE of an interaction: a true hard delete of its event.
@@ -233,7 +244,8 @@ impl Applier {
                 .await
         }
         .await;
-        self.finish_change(id, result, None, lsn).await
+        self.finish_change(id, result, None, Some(Action::Delete), lsn)
+            .await
     }
 
     /// TRUNCATE of interaction: every interaction event goes, one log row each.
@@ -278,6 +290,9 @@ impl Applier {
         if !target_open {
             return Ok(false);
         }
+        if !synced.is_empty() && self.t.mark_synced.is_some() {
+            self.stamp_in_target(&synced).await?;
+        }
         if let Some(end_lsn) = end_lsn {
             let n = self
                 .target
@@ -288,11 +303,14 @@ impl Applier {
                 .await
                 .map_err(db("writing calendar_sync_progress"))?;
             // Invariant: progress never decreases. A lower end LSN here means a
-            // transaction at or below the stored progress reached apply.
-            assert_eq!(
-                n, 1,
-                "progress would move backwards to {end_lsn}: refusing to commit"
-            );
+            // transaction at or below the stored progress reached apply, or a
+            // second consumer writes this slot's progress row.
+            if n != 1 {
+                return Err(SyncError::fatal(
+                    format!("calendar_sync_progress for slot {} is already past {end_lsn}: refusing to move it backwards", self.slot),
+                    "another consumer writes progress under the same slot name into this target (two source databases sharing a target and a slot name?): give each its own CALENDAR_SYNC_SLOT",
+                ));
+            }
         }
         self.target
             .batch_execute("commit")
@@ -304,7 +322,7 @@ impl Applier {
         if let Some(end_lsn) = end_lsn {
             self.metrics.transaction_applied(end_lsn, commit_ts);
         }
-        if !synced.is_empty() {
+        if !synced.is_empty() && self.t.mark_synced.is_none() {
             self.stamp_source(&synced).await;
         }
         Ok(true)
@@ -326,6 +344,37 @@ impl Applier {
     /// Separate target: `calendar_synced_at` in the source, after the target
     /// commit, in our own marked transaction. Best effort: the calendar is
     /// already right; a failure here only leaves the stamp old.
+    /// Same database: stamps `calendar_synced_at` at the end of the target
+    /// transaction (whose first statement was the echo marker), under its own
+    /// savepoint. Best effort: a failure only leaves stamps old and never
+    /// rolls back the events; locked rows are skipped, never waited for.
+    async fn stamp_in_target(&self, ids: &[Uuid]) -> Result<(), SyncError> {
+        let Some(stmt) = &self.t.mark_synced else {
+            return Ok(());
+        };
+        self.target
+            .batch_execute("savepoint stamp")
+            .await
+            .map_err(db("setting a savepoint"))?;
+        match self.target.execute(stmt, &[&ids]).await {
+            Ok(_) => self
+                .target
+                .batch_execute("release savepoint stamp")
+                .await
+                .map_err(db("releasing a savepoint")),
+            Err(e) if classify_pg(&e) == ErrorClass::Transient => {
+                Err(SyncError::db("stamping calendar_synced_at", e))
+            }
+            Err(e) => {
+                tracing::warn!(error = %describe_pg(&e), rows = ids.len(), "could not write interaction.calendar_synced_at; the events are synced");
+                self.target
+                    .batch_execute("rollback to savepoint stamp")
+                    .await
+                    .map_err(db("rolling back to a savepoint"))
+            }
+        }
+    }
+
     async fn stamp_source(&self, ids: &[Uuid]) {
         let result = async {
             self.source.batch_execute("begin").await?;
@@ -417,6 +466,7 @@ impl Applier {
         id: Uuid,
         result: Result<Option<Action>, ChangeError>,
         fallback_by: Option<Uuid>,
+        intended: Option<Action>,
         lsn: Lsn,
     ) -> Result<(), SyncError> {
         match result {
@@ -452,11 +502,13 @@ impl Applier {
                     .transpose()
                     .ok()
                     .flatten();
-                let action = if existing.is_some() {
+                // A failed upsert is an update of an existing event, else a
+                // create; a failed delete stays a delete.
+                let action = intended.unwrap_or(if existing.is_some() {
                     Action::Update
                 } else {
                     Action::Create
-                };
+                });
                 let by = fallback_by
                     .or(existing
                         .as_ref()

@@ -31,8 +31,9 @@ pub struct TargetStatements {
     pub due_failures: Statement,
     pub pending_failures: Statement,
     pub write_progress: Statement,
-    /// Same-database mode only: `interaction.calendar_synced_at` inside the
-    /// target transaction.
+    pub forget_event_lsns: Statement,
+    /// Same-database mode only: `interaction.calendar_synced_at` of `any($1)`
+    /// inside the target transaction, at its end.
     pub mark_synced: Option<Statement>,
     pub emit_echo_marker: Statement,
 }
@@ -162,11 +163,20 @@ pub async fn prepare_target(
                   where calendar_sync_progress.lsn <= excluded.lsn",
             )
             .await?,
-        mark_synced: if same_db {
-            Some(
-                c.prepare("update interaction set calendar_synced_at = now() where interaction_id = $1")
-                    .await?,
+        // Best effort, never waits: rows a CRM session has locked are skipped
+        // (their own change will be synced and stamped), so the consumer
+        // neither stalls behind an idle transaction nor deadlocks with one.
+        forget_event_lsns: c
+            .prepare(
+                "update calendar_events set source_lsn = null
+                  where related_table = 'interaction' and source_lsn is not null",
             )
+            .await?,
+        mark_synced: if same_db {
+            Some(c.prepare("update interaction set calendar_synced_at = now()
+                  where interaction_id in (select interaction_id from interaction
+                                            where interaction_id = any($1)
+                                            order by interaction_id for update skip locked)").await?)
         } else {
             None
         },
@@ -185,9 +195,13 @@ pub async fn prepare_source(c: &Client) -> Result<SourceStatements, tokio_postgr
                 crate::mapping::InteractionRow::select_list("i")
             ))
             .await?,
+        // As `mark_synced` of the target statements.
         mark_synced_many: c
             .prepare(
-                "update interaction set calendar_synced_at = now() where interaction_id = any($1)",
+                "update interaction set calendar_synced_at = now()
+                  where interaction_id in (select interaction_id from interaction
+                                            where interaction_id = any($1)
+                                            order by interaction_id for update skip locked)",
             )
             .await?,
         emit_echo_marker: c

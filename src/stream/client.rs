@@ -38,6 +38,8 @@ const SNAPSHOT_BATCH: i32 = 1000;
 /// The slot as `pg_replication_slots` shows it.
 #[derive(Debug, Clone)]
 pub struct SlotInfo {
+    /// The slot belongs to the database we are connected to.
+    pub this_database: bool,
     pub active_pid: Option<i32>,
     pub wal_status: Option<String>,
     pub plugin: Option<String>,
@@ -48,7 +50,8 @@ pub struct SlotInfo {
 pub async fn slot_info(source: &Client, slot: &str) -> Result<Option<SlotInfo>, SyncError> {
     let row = source
         .query_opt(
-            "select active_pid, wal_status, plugin::text, database::text, confirmed_flush_lsn
+            "select active_pid, wal_status, plugin::text, database::text, confirmed_flush_lsn,
+                    database = current_database()
                from pg_replication_slots where slot_name = $1",
             &[&slot],
         )
@@ -62,10 +65,11 @@ pub async fn slot_info(source: &Client, slot: &str) -> Result<Option<SlotInfo>, 
         confirmed_flush: r
             .get::<_, Option<tokio_postgres::types::PgLsn>>(4)
             .map(Lsn::from),
+        this_database: r.get::<_, Option<bool>>(5).unwrap_or(false),
     }))
 }
 
-/// The progress row of `slot`: `(lsn, snapshot_lsn)`.
+/// The stored progress of `slot`.
 pub async fn stored_progress(target: &Client, slot: &str) -> Result<Option<Lsn>, SyncError> {
     let row = target
         .query_opt(
@@ -204,6 +208,10 @@ async fn copy_snapshot(
     // (contract §7), as one "source transaction" ending at the consistent point.
     applier.begin(consistent_point, snapshot_ts);
     applier.open().await?;
+    // Events left from an earlier slot (a new snapshot after a lost slot, or a
+    // source moved to a cluster whose LSNs are lower) must not refuse the new
+    // history's writes as regressions.
+    applier.forget_event_lsns().await?;
     copy_party_names(cfg, reader, applier).await?;
     let fetch = format!("fetch {SNAPSHOT_BATCH} from calendar_sync_snapshot");
     let mut copied = 0u64;
@@ -311,10 +319,45 @@ async fn copy_party_names(
     Ok(())
 }
 
+/// Takes the session-level advisory lock that makes this process the only
+/// calendar-sync working on `slot` (in this source database) until its
+/// connection closes. The slot itself is not held while the initial snapshot is
+/// copied (PostgreSQL releases it after CREATE_REPLICATION_SLOT), so without
+/// this a second instance could drop and recreate it under the first.
+pub async fn lock_slot(source: &Client, slot: &str) -> Result<(), SyncError> {
+    let granted: bool = source
+        .query_one(
+            "select pg_try_advisory_lock(hashtextextended('calendar_sync.slot:' || $1, 0))",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| SyncError::db("taking the slot's advisory lock", e))?
+        .get(0);
+    if granted {
+        Ok(())
+    } else {
+        Err(SyncError::transient(
+            "waiting for the slot",
+            format!("another calendar-sync process works on slot {slot} (a rolling deploy?); waiting for it to stop"),
+        ))
+    }
+}
+
 /// Checks what the server must offer before a slot can stream, so that each
 /// missing piece is one clear error with its fix.
 pub async fn preflight(source: &Client, cfg: &Config) -> Result<(), SyncError> {
     let err = |what: &'static str| move |e| SyncError::db(what, e);
+    let version: i32 = source
+        .query_one("select current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(err("reading server_version_num"))?
+        .get(0);
+    if version < 140000 {
+        return Err(SyncError::fatal(
+            format!("PostgreSQL {} is too old: pgoutput accepts logical messages (echo suppression) from 14 on", version / 10000),
+            "upgrade the source to PostgreSQL 14 or newer (15+ for publication column lists)",
+        ));
+    }
     let wal_level: String = source
         .query_one("select current_setting('wal_level')", &[])
         .await

@@ -95,7 +95,29 @@ async fn session(
     let lookups = db::connect(&cfg.source_url, "source").await?;
     let stored = client::stored_progress(&target, &cfg.slot).await?;
     client::preflight(&source, cfg).await?;
+    client::lock_slot(&source, &cfg.slot).await?;
     let slot = client::slot_info(&source, &cfg.slot).await?;
+    if let Some(s) = slot.as_ref().filter(|s| !s.this_database) {
+        return Err(SyncError::fatal(
+            format!(
+                "replication slot {} belongs to database {:?}, not to the one in DATABASE_URL",
+                cfg.slot, s.database
+            ),
+            "slots are per database: give each source database its own CALENDAR_SYNC_SLOT",
+        ));
+    }
+    if let Some(s) = slot
+        .as_ref()
+        .filter(|s| s.plugin.as_deref() != Some("pgoutput"))
+    {
+        return Err(SyncError::fatal(
+            format!(
+                "replication slot {} uses plugin {:?}, not pgoutput",
+                cfg.slot, s.plugin
+            ),
+            "choose another CALENDAR_SYNC_SLOT; calendar-sync never drops a slot it did not create",
+        ));
+    }
     let mut applier = Applier::new(cfg, target, lookups, metrics.clone()).await?;
 
     let (mut repl, progress) = match (stored, slot) {
@@ -104,15 +126,6 @@ async fn session(
                 return Err(SyncError::fatal(
                     format!("replication slot {} was invalidated (wal_status = lost): the WAL it needed is gone", cfg.slot),
                     format!("raise max_slot_wal_keep_size; then `delete from calendar_sync_progress where slot_name = '{}'`, drop the slot, and start again to take a new snapshot", cfg.slot),
-                ));
-            }
-            if slot.plugin.as_deref() != Some("pgoutput") {
-                return Err(SyncError::fatal(
-                    format!(
-                        "replication slot {} uses plugin {:?}, not pgoutput",
-                        cfg.slot, slot.plugin
-                    ),
-                    "choose another CALENDAR_SYNC_SLOT or drop that slot",
                 ));
             }
             tracing::info!(slot = %cfg.slot, %progress, confirmed_flush = ?slot.confirmed_flush.map(|l| l.to_string()), "resuming");
