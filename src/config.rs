@@ -250,7 +250,11 @@ impl Config {
             ("TARGET_DATABASE_URL", db.target_database_url.as_ref()),
         ] {
             if let Some(url) = url {
-                tokio_postgres::Config::from_str(url).map_err(|e| ConfigError {
+                let (rest, _) = crate::tls::TlsSettings::split(url).map_err(|e| ConfigError {
+                    setting,
+                    problem: e.to_string(),
+                })?;
+                tokio_postgres::Config::from_str(&rest).map_err(|e| ConfigError {
                     setting,
                     problem: format!("not a PostgreSQL connection string ({e}); expected postgres://user:password@host:port/dbname"),
                 })?;

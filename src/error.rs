@@ -57,12 +57,12 @@ pub fn classify_pg(e: &tokio_postgres::Error) -> ErrorClass {
     if e.is_closed() {
         return ErrorClass::Transient;
     }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = source {
-        if s.is::<std::io::Error>() {
-            return ErrorClass::Transient;
-        }
-        source = s.source();
+    if is_tls_failure(e) {
+        return ErrorClass::Fatal;
+    }
+    let chain = || std::iter::successors(std::error::Error::source(e), |s| s.source());
+    if chain().any(|s| s.is::<std::io::Error>()) {
+        return ErrorClass::Transient;
     }
     // tokio-postgres reports a closed connection and timeouts without a source.
     let text = e.to_string();
@@ -73,6 +73,17 @@ pub fn classify_pg(e: &tokio_postgres::Error) -> ErrorClass {
         return ErrorClass::Transient;
     }
     ErrorClass::Fatal
+}
+
+/// A TLS failure (untrusted certificate, wrong host name) arrives wrapped in
+/// an I/O error, but never passes by retrying.
+fn is_tls_failure(e: &tokio_postgres::Error) -> bool {
+    std::iter::successors(std::error::Error::source(e), |s| s.source()).any(|s| {
+        s.is::<rustls::Error>()
+            || s.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+    })
 }
 
 /// The SQLSTATE of a tokio-postgres error, if the server sent one.
@@ -172,11 +183,22 @@ pub fn describe_pg(e: &tokio_postgres::Error) -> String {
             }
             s
         }
-        None => e.to_string(),
+        None => {
+            // The driver's own message is generic ("error performing TLS
+            // handshake"); the cause is in the source chain.
+            let mut s = e.to_string();
+            for cause in std::iter::successors(std::error::Error::source(e), |s| s.source()) {
+                s.push_str(&format!(": {cause}"));
+            }
+            s
+        }
     }
 }
 
 fn hint_for_pg(e: &tokio_postgres::Error) -> String {
+    if is_tls_failure(e) {
+        return "check sslrootcert (it must hold the CA that signed the server's certificate; for RDS, the RDS global bundle) and that the host in the URL matches the certificate".into();
+    }
     match e.code() {
         Some(c) if *c == SqlState::UNDEFINED_TABLE || *c == SqlState::UNDEFINED_COLUMN => {
             "the calendar-sync schema is missing or old: run `calendar-sync migrate` against this database".into()

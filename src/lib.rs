@@ -37,4 +37,5 @@ pub mod status;
 pub mod stream;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;
+pub mod tls;
 pub mod txn;

@@ -230,6 +230,54 @@ impl LocalCluster {
         }
     }
 
+    /// Turns TLS on and refuses unencrypted TCP connections: a CA and a server
+    /// certificate for `localhost` / 127.0.0.1 are made with `openssl` (run as
+    /// the cluster's user), then the server reloads. Returns the CA file for
+    /// `sslrootcert`. For tests of `sslmode=verify-full`.
+    pub fn enable_tls(&self) -> Result<PathBuf, ClusterError> {
+        let script = r#"set -e
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=calendar-sync-test-ca -keyout ca.key -out ca.pem 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1
+' > san.ext
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out server.crt 2>/dev/null
+chmod 600 server.key
+"#;
+        self.run(
+            "openssl (test certificates)",
+            Command::new("sh").args(["-c", script]),
+        )?;
+        let conf = format!(
+            "
+ssl = on
+ssl_cert_file = '{dir}/server.crt'
+ssl_key_file = '{dir}/server.key'
+",
+            dir = self.dir.display()
+        );
+        let hba = "local all all trust
+local replication all trust
+hostssl all all 127.0.0.1/32 trust
+hostssl replication all 127.0.0.1/32 trust
+host all all 0.0.0.0/0 reject
+";
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.data().join("postgresql.conf"))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, conf.as_bytes()))
+            .map_err(step("writing postgresql.conf"))?;
+        std::fs::write(self.data().join("pg_hba.conf"), hba)
+            .map_err(step("writing pg_hba.conf"))?;
+        self.run(
+            "pg_ctl reload",
+            self.command("pg_ctl")
+                .arg("-D")
+                .arg(self.data())
+                .arg("reload"),
+        )?;
+        Ok(self.dir.join("ca.pem"))
+    }
+
     /// Stops the server: `fast` (clean) or `immediate` (like a crash).
     pub fn stop(&self, mode: &str) -> Result<(), ClusterError> {
         let out = self

@@ -15,3 +15,4 @@ mod schema_change;
 mod snapshot;
 mod streaming;
 mod target;
+mod tls;

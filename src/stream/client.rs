@@ -20,7 +20,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use pgwire_replication::{ReplicationClient, ReplicationConfig, TlsConfig};
+use pgwire_replication::{ReplicationClient, ReplicationConfig};
 use tokio_postgres::Client;
 
 use crate::apply::{sql, Applier};
@@ -31,6 +31,7 @@ use crate::error::SyncError;
 use crate::lsn::Lsn;
 use crate::mapping::fields::contact_name;
 use crate::mapping::InteractionRow;
+use crate::tls::TlsSettings;
 
 /// Rows fetched per round trip while copying the snapshot.
 const SNAPSHOT_BATCH: i32 = 1000;
@@ -83,12 +84,14 @@ pub async fn stored_progress(target: &Client, slot: &str) -> Result<Option<Lsn>,
 
 /// The replication session's configuration, from `DATABASE_URL`.
 pub fn replication_config(cfg: &Config) -> Result<ReplicationConfig, SyncError> {
-    let pg = tokio_postgres::Config::from_str(cfg.source_url.expose()).map_err(|e| {
+    let bad = |e: &dyn std::fmt::Display| {
         SyncError::fatal(
             format!("DATABASE_URL: {e}"),
             "expected postgres://user:password@host:port/dbname",
         )
-    })?;
+    };
+    let (rest, tls) = TlsSettings::split(cfg.source_url.expose()).map_err(|e| bad(&e))?;
+    let pg = tokio_postgres::Config::from_str(&rest).map_err(|e| bad(&e))?;
     let host = match pg.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         #[cfg(unix)]
@@ -102,12 +105,7 @@ pub fn replication_config(cfg: &Config) -> Result<ReplicationConfig, SyncError> 
         .map(|p| String::from_utf8_lossy(p).into_owned())
         .unwrap_or_default();
     let database = pg.get_dbname().unwrap_or(&user).to_string();
-    let tls = match pg.get_ssl_mode() {
-        tokio_postgres::config::SslMode::Disable | tokio_postgres::config::SslMode::Prefer => {
-            TlsConfig::disabled()
-        }
-        _ => TlsConfig::require(),
-    };
+    let tls = tls.replication();
     let mut rc = ReplicationConfig::new(
         host,
         user,

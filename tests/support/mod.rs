@@ -52,7 +52,11 @@ pub struct TestDb {
 impl TestDb {
     /// An empty database.
     pub async fn empty() -> TestDb {
-        let c = cluster();
+        TestDb::empty_in(cluster()).await
+    }
+
+    /// An empty database on cluster `c` (e.g. a private one).
+    pub async fn empty_in(c: &LocalCluster) -> TestDb {
         let name = format!("t_{}", Uuid::new_v4().simple());
         let admin = connect(&c.url("postgres")).await;
         admin
@@ -67,7 +71,12 @@ impl TestDb {
     /// A database holding the seed CRM (users, customer, contact, interaction
     /// with an updated_at trigger), one user, one customer and one contact.
     pub async fn crm() -> TestDb {
-        let db = TestDb::empty().await;
+        TestDb::crm_in(cluster()).await
+    }
+
+    /// [`TestDb::crm`] on cluster `c`.
+    pub async fn crm_in(c: &LocalCluster) -> TestDb {
+        let db = TestDb::empty_in(c).await;
         db.client
             .batch_execute(CRM_SCHEMA)
             .await
