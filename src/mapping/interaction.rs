@@ -132,7 +132,7 @@ impl InteractionColumns {
     /// The interaction id of a key or old tuple (DELETE, or UPDATE of the key).
     pub fn key(&self, tuple: &Tuple) -> Result<Uuid, RowError> {
         let r = Reader { cols: self, tuple };
-        r.required(ID, value::parse_uuid, "a UUID")
+        r.required(ID, value::parse_uuid)
     }
 
     /// A full new tuple (INSERT, UPDATE).
@@ -150,8 +150,8 @@ impl InteractionColumns {
             _ => Toast::Value(r.text(DESCRIPTION)?.map(str::to_string)),
         };
         Ok(InteractionRow {
-            interaction_id: r.required(ID, value::parse_uuid, "a UUID")?,
-            interaction_type: r.required(TYPE, |s| Ok(s.to_string()), "text")?,
+            interaction_id: r.required(ID, value::parse_uuid)?,
+            interaction_type: r.required(TYPE, |s| Ok(s.to_string()))?,
             subject: r.optional(SUBJECT, |s| Ok(s.to_string()))?,
             interaction_date: r.optional(DATE, value::parse_timestamptz)?,
             customer_id: r.optional(CUSTOMER, value::parse_uuid)?,
@@ -159,7 +159,7 @@ impl InteractionColumns {
             location: r.optional(LOCATION, |s| Ok(s.to_string()))?,
             description,
             duration_minutes: r.optional(DURATION, value::parse_i32)?,
-            created_by: r.required(CREATED_BY, value::parse_uuid, "a UUID")?,
+            created_by: r.required(CREATED_BY, value::parse_uuid)?,
             updated_by: r.optional(UPDATED_BY, value::parse_uuid)?,
             created_at: r.optional(CREATED_AT, value::parse_timestamptz)?,
             updated_at: r.optional(UPDATED_AT, value::parse_timestamptz)?,
@@ -224,7 +224,6 @@ impl Reader<'_> {
         &self,
         i: usize,
         parse: impl Fn(&str) -> Result<T, BadValue>,
-        _what: &str,
     ) -> Result<T, RowError> {
         self.optional(i, parse)?.ok_or(RowError::Null {
             column: MAPPED_COLUMNS[i],
