@@ -8,7 +8,7 @@
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::process::binary;
+use crate::process::{binary, spawn_run};
 use crate::support::*;
 
 /// xorshift64*: a seeded, dependency-free generator (the seed is printed so a
@@ -262,17 +262,7 @@ async fn kill_9_at_random_instants_ends_with_the_same_calendar_as_an_uninterrupt
 async fn a_kill_while_the_target_commit_is_held_loses_nothing() {
     let db = TestDb::crm().await;
     db.migrate().await;
-    let spawn = || {
-        binary()
-            .args(["run"])
-            .env("DATABASE_URL", &db.url)
-            .env("CALENDAR_SYNC_SLOT", &db.name)
-            .env("CALENDAR_SYNC_PUBLICATION", &db.name)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn run")
-    };
+    let spawn = || spawn_run(&db, &[], Stdio::null());
     let mut a = spawn();
     wait_streaming(&db).await;
     let locker = connect(&db.url).await;

@@ -2,8 +2,6 @@
 //! updated_at trigger) never cause an event write, a log row or a loop, and an
 //! idle slot follows the server's WAL.
 
-use std::time::Duration;
-
 use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,15 +68,7 @@ async fn own_writes_with_the_updated_at_trigger_are_ignored_and_the_idle_slot_ke
     // The slot does not hold WAL: once idle, confirmed_flush passes the WAL
     // position the server had (keepalive wal_end is acknowledged).
     let now = pg_current_lsn(&db.client).await;
-    let follows = wait_until(Duration::from_secs(20), || async {
-        db.count(&format!(
-            "select count(*) from pg_replication_slots where slot_name = '{}' and confirmed_flush_lsn >= '{now}'::pg_lsn",
-            db.name
-        ))
-        .await
-            == 1
-    })
-    .await;
+    let follows = db.wait_slot_passes(&now).await;
     assert!(
         follows,
         "confirmed_flush_lsn did not reach {now} while idle"

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::process::binary;
+use crate::process::spawn_run;
 use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,15 +30,7 @@ async fn other_databases_traffic_never_makes_the_idle_slot_hold_wal() {
             .expect("noise");
     }
     let wal = pg_current_lsn(&other.client).await;
-    let follows = wait_until(Duration::from_secs(20), || async {
-        db.count(&format!(
-            "select count(*) from pg_replication_slots where slot_name = '{}' and confirmed_flush_lsn >= '{wal}'::pg_lsn",
-            db.name
-        ))
-        .await
-            == 1
-    })
-    .await;
+    let follows = db.wait_slot_passes(&wal).await;
     assert!(
         follows,
         "the idle slot's confirmed_flush_lsn did not pass {wal}"
@@ -48,17 +40,7 @@ async fn other_databases_traffic_never_makes_the_idle_slot_hold_wal() {
 }
 
 fn spawn(db: &TestDb, extra: &[(&str, String)]) -> std::process::Child {
-    let mut c = binary();
-    c.args(["run"])
-        .env("DATABASE_URL", &db.url)
-        .env("CALENDAR_SYNC_SLOT", &db.name)
-        .env("CALENDAR_SYNC_PUBLICATION", &db.name)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    for (k, v) in extra {
-        c.env(k, v);
-    }
-    c.spawn().expect("spawn run")
+    spawn_run(db, extra, Stdio::null())
 }
 
 async fn sigterm_and_wait(child: &mut std::process::Child) -> (Option<i32>, Duration) {

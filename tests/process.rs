@@ -5,6 +5,22 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
+/// `calendar-sync run` for `db` (its slot and publication), with extra
+/// environment; stdout discarded, stderr as given.
+pub fn spawn_run(db: &TestDb, extra: &[(&str, String)], stderr: Stdio) -> std::process::Child {
+    let mut c = binary();
+    c.args(["run"])
+        .env("DATABASE_URL", &db.url)
+        .env("CALENDAR_SYNC_SLOT", &db.name)
+        .env("CALENDAR_SYNC_PUBLICATION", &db.name)
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    for (k, v) in extra {
+        c.env(k, v);
+    }
+    c.spawn().expect("spawn calendar-sync run")
+}
+
 pub fn binary() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_calendar-sync"));
     c.env_remove("TARGET_DATABASE_URL").env("RUST_LOG", "info");

@@ -18,7 +18,6 @@ use tokio::sync::watch;
 use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 
-use crate::process::binary;
 use crate::support::*;
 
 // ---------------------------------------------------------------------------
@@ -142,15 +141,7 @@ pub(crate) async fn fatal_of(run: &mut Running, within: Duration) -> (String, St
 
 /// Spawns `calendar-sync run` for `db` with stderr captured.
 pub(crate) fn spawn_run(db: &TestDb) -> Child {
-    binary()
-        .args(["run"])
-        .env("DATABASE_URL", &db.url)
-        .env("CALENDAR_SYNC_SLOT", &db.name)
-        .env("CALENDAR_SYNC_PUBLICATION", &db.name)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn calendar-sync run")
+    crate::process::spawn_run(db, &[], Stdio::piped())
 }
 
 /// Waits until the binary exits (killing it after `within`): exit code, stderr.

@@ -189,6 +189,20 @@ impl TestDb {
         }
     }
 
+    /// Waits until this test's slot has confirmed `lsn` (an idle slot follows
+    /// the server's WAL through keepalive acknowledgements).
+    pub async fn wait_slot_passes(&self, lsn: &str) -> bool {
+        wait_until(Duration::from_secs(20), || async {
+            self.count(&format!(
+                "select count(*) from pg_replication_slots where slot_name = '{}' and confirmed_flush_lsn >= '{lsn}'::pg_lsn",
+                self.name
+            ))
+            .await
+                == 1
+        })
+        .await
+    }
+
     pub async fn barrier(&self) {
         self.barrier_in(&self.client).await;
     }
