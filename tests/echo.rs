@@ -26,15 +26,17 @@ async fn own_writes_with_the_updated_at_trigger_are_ignored_and_the_idle_slot_ke
     db.wait_count("select count(*) from calendar_sync_log", 2)
         .await;
     db.barrier().await;
-    let stamped: chrono::DateTime<chrono::Utc> = db
-        .client
-        .query_one(
-            "select calendar_synced_at from interaction where interaction_id = $1",
-            &[&id],
-        )
-        .await
-        .expect("stamp")
-        .get(0);
+    let stamp = || async {
+        db.client
+            .query_one(
+                "select calendar_synced_at from interaction where interaction_id = $1",
+                &[&id],
+            )
+            .await
+            .expect("stamp")
+            .get::<_, chrono::DateTime<chrono::Utc>>(0)
+    };
+    let stamped = stamp().await;
     let applied = run.metrics.action_count(
         calendar_sync::mapping::Action::Update,
         calendar_sync::metrics::Status::Success,
@@ -55,15 +57,7 @@ async fn own_writes_with_the_updated_at_trigger_are_ignored_and_the_idle_slot_ke
         ),
         applied
     );
-    let again: chrono::DateTime<chrono::Utc> = db
-        .client
-        .query_one(
-            "select calendar_synced_at from interaction where interaction_id = $1",
-            &[&id],
-        )
-        .await
-        .expect("stamp")
-        .get(0);
+    let again = stamp().await;
     assert_eq!(stamped, again, "not stamped again");
     // The slot does not hold WAL: once idle, confirmed_flush passes the WAL
     // position the server had (keepalive wal_end is acknowledged).

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use calendar_sync::demo::CRM_SCHEMA;
 use calendar_sync::error::SyncError;
 use calendar_sync::mapping::Action;
 use calendar_sync::metrics::{Metrics, Status, RECONNECTS_TOTAL};
@@ -92,16 +91,7 @@ pub(crate) async fn crm_on(cluster: &LocalCluster, name: &str) -> TestDb {
         .expect("create database");
     let url = cluster.url(name);
     let client = connect_retrying(&url, "recovery-test").await;
-    client.batch_execute(CRM_SCHEMA).await.expect("crm schema");
-    client
-        .batch_execute(&format!(
-            "insert into users (user_id, email) values ('{USER}', 'sam@example.com');
-             insert into customer (customer_id, name) values ('{CUSTOMER}', 'Acme Corp');
-             insert into contact (contact_id, customer_id, first_name, last_name, email)
-               values ('{CONTACT}', '{CUSTOMER}', 'Ada', 'Lovelace', 'ada@acme.test');"
-        ))
-        .await
-        .expect("crm rows");
+    load_crm(&client).await;
     TestDb {
         name: name.to_string(),
         url,

@@ -1,7 +1,7 @@
 //! Reading and writing one `calendar_events` row for a decision.
 
 use chrono::{DateTime, NaiveTime, Utc};
-use tokio_postgres::types::PgLsn;
+use tokio_postgres::types::{PgLsn, ToSql};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -29,29 +29,7 @@ impl Applier {
             Decision::Create(f) => {
                 let r = self
                     .target
-                    .query_one(
-                        &self.t.insert_event,
-                        &[
-                            &f.title,
-                            &f.description,
-                            &f.event_date,
-                            &f.start_time,
-                            &f.end_time,
-                            &f.all_day,
-                            &f.event_type,
-                            &f.event_status.as_str(),
-                            &f.location,
-                            &f.participants,
-                            &f.created_by,
-                            &f.updated_by,
-                            &f.created_at,
-                            &f.updated_at,
-                            &f.customer_id,
-                            &f.contact_id,
-                            &id,
-                            &pg_lsn,
-                        ],
-                    )
+                    .query_one(&self.t.insert_event, &event_params(&f, &id, &pg_lsn))
                     .await?;
                 (
                     Action::Create,
@@ -68,29 +46,7 @@ impl Applier {
                 };
                 let n = self
                     .target
-                    .execute(
-                        &self.t.update_event,
-                        &[
-                            &event_id,
-                            &f.title,
-                            &f.description,
-                            &f.event_date,
-                            &f.start_time,
-                            &f.end_time,
-                            &f.all_day,
-                            &f.event_type,
-                            &f.event_status.as_str(),
-                            &f.location,
-                            &f.participants,
-                            &f.created_by,
-                            &f.updated_by,
-                            &f.created_at,
-                            &f.updated_at,
-                            &f.customer_id,
-                            &f.contact_id,
-                            &pg_lsn,
-                        ],
-                    )
+                    .execute(&self.t.update_event, &event_params(&f, &event_id, &pg_lsn))
                     .await?;
                 if n == 0 {
                     tracing::warn!(interaction = %id, lsn = %lsn, "refused to overwrite an event written by a later source transaction");
@@ -125,6 +81,36 @@ impl Applier {
         }
         Ok(Some(action))
     }
+}
+
+/// The parameters of `insert_event` and `update_event`: the mapped fields,
+/// then `key` (the interaction id to insert, or the event id to update), then
+/// the source LSN.
+fn event_params<'a>(
+    f: &'a EventFields,
+    key: &'a Uuid,
+    lsn: &'a PgLsn,
+) -> [&'a (dyn ToSql + Sync); 18] {
+    [
+        &f.title,
+        &f.description,
+        &f.event_date,
+        &f.start_time,
+        &f.end_time,
+        &f.all_day,
+        &f.event_type,
+        f.event_status.as_db(),
+        &f.location,
+        &f.participants,
+        &f.created_by,
+        &f.updated_by,
+        &f.created_at,
+        &f.updated_at,
+        &f.customer_id,
+        &f.contact_id,
+        key,
+        lsn,
+    ]
 }
 
 /// Reads `(event_id, mapped fields)` from a row selected with `EVENT_COLUMNS`.

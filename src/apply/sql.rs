@@ -69,15 +69,17 @@ pub async fn prepare_target(
                  returning event_id",
             )
             .await?,
-        // The source_lsn guard refuses a write from an older source transaction.
+        // Same parameters as insert_event ($1-$16 the fields, $17 the key, $18
+        // the LSN). The source_lsn guard refuses a write from an older source
+        // transaction.
         update_event: c
             .prepare(
-                "update calendar_events set title = $2, description = $3, event_date = $4, start_time = $5,
-                     end_time = $6, all_day = $7, event_type = $8, event_status = $9, location = $10,
-                     participants = $11, created_by = $12, updated_by = $13, created_at = $14,
-                     updated_at = $15, customer_id = $16, contact_id = $17, last_synced_at = now(),
+                "update calendar_events set title = $1, description = $2, event_date = $3, start_time = $4,
+                     end_time = $5, all_day = $6, event_type = $7, event_status = $8, location = $9,
+                     participants = $10, created_by = $11, updated_by = $12, created_at = $13,
+                     updated_at = $14, customer_id = $15, contact_id = $16, last_synced_at = now(),
                      source_lsn = $18
-                  where event_id = $1 and (source_lsn is null or source_lsn <= $18)",
+                  where event_id = $17 and (source_lsn is null or source_lsn <= $18)",
             )
             .await?,
         delete_event: c.prepare("delete from calendar_events where event_id = $1").await?,

@@ -15,9 +15,14 @@ pub enum EventStatus {
 
 impl EventStatus {
     pub fn as_str(self) -> &'static str {
+        self.as_db()
+    }
+
+    /// The same, as a `'static` statement parameter (`&&str` is `ToSql`).
+    pub fn as_db(&self) -> &'static &'static str {
         match self {
-            EventStatus::Scheduled => "scheduled",
-            EventStatus::Cancelled => "cancelled",
+            EventStatus::Scheduled => &"scheduled",
+            EventStatus::Cancelled => &"cancelled",
         }
     }
 

@@ -36,6 +36,20 @@ pub fn cluster() -> &'static LocalCluster {
     })
 }
 
+/// The seed CRM schema with one user, one customer and one contact.
+pub async fn load_crm(client: &Client) {
+    client.batch_execute(CRM_SCHEMA).await.expect("crm schema");
+    client
+        .batch_execute(&format!(
+            "insert into users (user_id, email) values ('{USER}', 'sam@example.com');
+             insert into customer (customer_id, name) values ('{CUSTOMER}', 'Acme Corp');
+             insert into contact (contact_id, customer_id, first_name, last_name, email)
+               values ('{CONTACT}', '{CUSTOMER}', 'Ada', 'Lovelace', 'ada@acme.test');"
+        ))
+        .await
+        .expect("crm rows");
+}
+
 pub async fn connect(url: &str) -> Client {
     db::connect(&SecretUrl::new(url), "test")
         .await
@@ -77,19 +91,7 @@ impl TestDb {
     /// [`TestDb::crm`] on cluster `c`.
     pub async fn crm_in(c: &LocalCluster) -> TestDb {
         let db = TestDb::empty_in(c).await;
-        db.client
-            .batch_execute(CRM_SCHEMA)
-            .await
-            .expect("crm schema");
-        db.client
-            .batch_execute(&format!(
-                "insert into users (user_id, email) values ('{USER}', 'sam@example.com');
-                 insert into customer (customer_id, name) values ('{CUSTOMER}', 'Acme Corp');
-                 insert into contact (contact_id, customer_id, first_name, last_name, email)
-                   values ('{CONTACT}', '{CUSTOMER}', 'Ada', 'Lovelace', 'ada@acme.test');"
-            ))
-            .await
-            .expect("crm rows");
+        load_crm(&db.client).await;
         db
     }
 
