@@ -16,7 +16,7 @@ use crate::mapping::{InteractionColumns, InteractionRow, RowError, SchemaError};
 use crate::pgoutput::{DecodeError, Message, OldTuple, Relation, RelationId, Tuple, TupleValue};
 
 /// Which participant source table changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Party {
     Customer,
     Contact,

@@ -121,6 +121,38 @@ pub struct SyncArgs {
     /// Seconds between standby status updates sent to the server.
     #[arg(long, env = "CALENDAR_SYNC_STATUS_INTERVAL_SECS", default_value_t = 1)]
     pub status_interval_secs: u64,
+
+    /// Changes per chunk written set-based, and per target transaction (a
+    /// batch commits at the next source-transaction boundary after it).
+    #[arg(long, env = "CALENDAR_SYNC_BATCH_CHANGES", default_value_t = 5000)]
+    pub batch_changes: usize,
+
+    /// Bytes of row data held in memory per chunk before it is written.
+    #[arg(long, env = "CALENDAR_SYNC_BATCH_BYTES", default_value_t = 8 << 20)]
+    pub batch_bytes: usize,
+
+    /// A batch commits at the next source-transaction boundary after this
+    /// many milliseconds (and at once when no more data is waiting).
+    #[arg(long, env = "CALENDAR_SYNC_BATCH_DELAY_MS", default_value_t = 100)]
+    pub batch_delay_ms: u64,
+}
+
+/// Bounds of one batch (see `apply`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    pub max_changes: usize,
+    pub max_bytes: usize,
+    pub max_delay: Duration,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        BatchLimits {
+            max_changes: 5000,
+            max_bytes: 8 << 20,
+            max_delay: Duration::from_millis(100),
+        }
+    }
 }
 
 /// A connection string. Debug and Display never show it (it holds a password).
@@ -185,6 +217,7 @@ pub struct Config {
     pub http_addr: Option<SocketAddr>,
     pub write_synced_at: bool,
     pub status_interval: Duration,
+    pub batch: BatchLimits,
 }
 
 /// Invalid configuration: says which setting and what is expected.
@@ -266,7 +299,16 @@ impl Config {
             http_addr: None,
             write_synced_at: true,
             status_interval_secs: 1,
+            batch_changes: BatchLimits::default().max_changes,
+            batch_bytes: BatchLimits::default().max_bytes,
+            batch_delay_ms: 100,
         });
+        if sync.batch_changes == 0 || sync.batch_bytes < 1024 {
+            return Err(ConfigError {
+                setting: "CALENDAR_SYNC_BATCH_CHANGES / CALENDAR_SYNC_BATCH_BYTES",
+                problem: "expected at least 1 change and 1024 bytes per batch".into(),
+            });
+        }
         let timezone: Tz = sync.timezone.parse().map_err(|_| ConfigError {
             setting: "CALENDAR_SYNC_TIMEZONE",
             problem: format!(
@@ -295,6 +337,11 @@ impl Config {
             http_addr: sync.http_addr,
             write_synced_at: sync.write_synced_at,
             status_interval: Duration::from_secs(sync.status_interval_secs),
+            batch: BatchLimits {
+                max_changes: sync.batch_changes,
+                max_bytes: sync.batch_bytes,
+                max_delay: Duration::from_millis(sync.batch_delay_ms),
+            },
         })
     }
 

@@ -7,12 +7,14 @@
 //!
 //! ```text
 //! Bytes --pgoutput::parse--> Message --changes::RelationCache--> SourceChange
-//!       --apply::Applier (mapping::decide, pure)--> calendar_events + log + progress
+//!       --apply::Writer: batches; apply::plan (mapping::decide, pure) per chunk;
+//!         set-based statements--> calendar_events + log + progress
 //! ```
 //!
 //! - [`pgoutput`], [`changes`], [`mapping`]: PURE (no IO, no clock).
-//! - [`apply`]: target writes, one target transaction per source transaction,
-//!   per-change savepoints, the progress row.
+//! - [`apply`]: target writes: several source transactions per target
+//!   transaction, each chunk decided in memory and written set-based, the
+//!   progress row; savepoints only to isolate a bad row.
 //! - [`stream`]: the replication session (slot, snapshot, loop, reconnects).
 //! - [`migrate`], [`status`], [`demo`]: commands; [`pgcluster`]: throw-away
 //!   local PostgreSQL for the demo and the tests.

@@ -26,6 +26,7 @@ pub const PENDING_FAILURES: &str = "calendar_sync_pending_failures";
 pub const BACKOFF_SECONDS: &str = "calendar_sync_backoff_seconds";
 pub const BACKOFF_ACTIVE: &str = "calendar_sync_backoff_active";
 pub const STREAMING: &str = "calendar_sync_streaming";
+pub const SAVEPOINTS_TOTAL: &str = "calendar_sync_savepoints_total";
 
 /// Reasons [`Metrics::is_ready`] gives when not ready.
 pub const NOT_STREAMING: &str = "not streaming yet";
@@ -66,6 +67,7 @@ struct Inner {
     backoff_seconds: Gauge,
     backoff_active: IntGauge,
     streaming: IntGauge,
+    savepoints: IntCounter,
     /// Readiness state; the gauges mirror it for dashboards.
     is_streaming: AtomicBool,
     is_backing_off: AtomicBool,
@@ -121,8 +123,14 @@ impl Metrics {
             "1 while the replication stream is running, else 0",
         )
         .expect("static metric definition");
+        let savepoints = IntCounter::new(
+            SAVEPOINTS_TOTAL,
+            "Savepoints (subtransactions) taken in target transactions",
+        )
+        .expect("static metric definition");
         for c in [
             Box::new(actions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(savepoints.clone()),
             Box::new(transactions.clone()),
             Box::new(last_lsn.clone()),
             Box::new(last_commit_time.clone()),
@@ -156,6 +164,7 @@ impl Metrics {
                 backoff_seconds,
                 backoff_active,
                 streaming,
+                savepoints,
                 is_streaming: AtomicBool::new(false),
                 is_backing_off: AtomicBool::new(false),
             }),
@@ -167,6 +176,23 @@ impl Metrics {
             .actions
             .with_label_values(&[action.as_str(), status.as_str()])
             .inc();
+    }
+
+    /// `n` actions at once (a committed batch).
+    pub fn actions(&self, action: Action, status: Status, n: u64) {
+        self.inner
+            .actions
+            .with_label_values(&[action.as_str(), status.as_str()])
+            .inc_by(n);
+    }
+
+    /// A savepoint was set in a target transaction.
+    pub fn savepoint(&self) {
+        self.inner.savepoints.inc();
+    }
+
+    pub fn savepoint_count(&self) -> u64 {
+        self.inner.savepoints.get()
     }
 
     pub fn action_count(&self, action: Action, status: Status) -> u64 {

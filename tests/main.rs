@@ -5,6 +5,7 @@ mod support;
 
 mod crash;
 mod echo;
+mod edge_paths;
 mod failures;
 mod fatal;
 mod idle;

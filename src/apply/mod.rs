@@ -1,80 +1,132 @@
-//! IO: applies decided sync actions to the target, one target transaction per
-//! batch of source transactions.
+//! IO: applies source changes to the target in batches, written set-based.
 //!
-//! # Transactions and progress
+//! # Batches, chunks and progress
 //!
-//! [`Applier::begin`] opens a target transaction lazily, at the first change
-//! that needs a write. [`Applier::commit`] writes the progress row (the end LSN
-//! of the last source transaction in the batch) in that same transaction and
-//! commits; only after it returns may the caller report the LSN as flushed.
-//! Today every source transaction is its own batch; the seam allows several
-//! (`commit` takes the last end LSN, state carries no per-source-txn data).
+//! A [`Batch`] is one target transaction. Its [`BatchKind`] says what it is:
+//! source transactions from the stream, the initial snapshot, or failure
+//! retries. Changes are pushed in LSN order and held in a *chunk*, bounded by
+//! count and bytes; a full chunk is written at once, inside the still-open
+//! target transaction, so a source transaction of a million rows never sits in
+//! memory. Each chunk is decided in memory ([`plan`], pure) against its
+//! interactions' events, read in one query, and written with a handful of
+//! set-based statements (`unnest` arrays): deletes, updates, inserts, log rows,
+//! failures, resolutions, stamps.
 //!
-//! Changes stream through: nothing of a source transaction is held in memory
-//! except, with a separate target, the ids whose `calendar_synced_at` must be
-//! written after the target commit (16 bytes each).
+//! [`Writer::commit`] ends the batch at a source-transaction boundary: the
+//! pending chunk is written, then the progress row (the end LSN of the last
+//! source transaction in the batch, for a stream batch; the consistent point
+//! for the snapshot; nothing for retries) in the same transaction, then the
+//! commit. Only after it returns may that LSN be reported as flushed.
+//!
+//! Customer/contact changes and TRUNCATE are *barriers*: the pending chunk is
+//! written first, then their own set-based statement runs, so every change
+//! still sees the state the changes before it left.
 //!
 //! # One bad row
 //!
-//! Each change runs under a savepoint. A row-permanent failure (invalid data,
-//! constraint violation) rolls back to it, records the failure
-//! (`calendar_sync_failures` + a `failed` log row) and the stream goes on. Any
-//! other error is returned and the caller rolls the whole batch back.
+//! Each chunk's statements run under one savepoint. A row-permanent error
+//! (constraint, invalid data) rolls back to it and the chunk is bisected, each
+//! half under its own savepoint, until the bad change stands alone: it goes to
+//! the failure queue (`calendar_sync_failures` + a `failed` log row), its
+//! neighbours commit. Row errors found while deciding (negative duration) need
+//! no statement to fail. A batch therefore takes one savepoint per chunk (two
+//! with stamps) on the happy path, never one per change: the walsender decodes
+//! our own transaction (it writes `interaction` when stamping) without a
+//! subtransaction storm.
 //!
 //! # Echo
 //!
 //! Writing `interaction.calendar_synced_at` feeds the stream back to itself. Every
 //! transaction of ours that writes to the source starts with a transactional
 //! logical message (`pg_logical_emit_message(true, ECHO_PREFIX, slot)`); the
-//! stream ignores every transaction that carries it. `pg_logical_emit_message`
-//! needs no privilege beyond the role's (PostgreSQL docs, "Replication
-//! Management Functions"), unlike replication origins.
+//! stream ignores every transaction that carries it.
 
 mod event;
-mod log;
 mod party;
+pub mod plan;
 mod retry;
 pub mod sql;
+mod write;
 
-use std::borrow::Cow;
+use std::collections::HashMap;
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::types::PgLsn;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use crate::config::Config;
-use crate::error::{classify_pg, describe_pg, ErrorClass, SyncError};
+use crate::changes::{Party, SourceChange};
+use crate::config::{BatchLimits, Config};
+use crate::error::SyncError;
 use crate::lsn::Lsn;
-use crate::mapping::fields::participants;
-use crate::mapping::rules::{decide, Change};
-use crate::mapping::{Action, EventFields, InteractionRow, RowError, Toast};
+use crate::mapping::Action;
 use crate::metrics::{Metrics, Status};
-use event::event_from_row;
+pub use plan::RowChange;
+pub use retry::retry_due_once;
 
 /// Prefix of the transactional logical message that marks our own transactions.
 pub const ECHO_PREFIX: &str = "calendar_sync.echo";
 
-/// What the applier knows of the batch it is in.
-enum TxnState {
-    Idle,
-    Open {
-        /// Commit LSN (Begin `final_lsn`) of the source transaction being applied.
-        source_lsn: Lsn,
-        commit_ts: DateTime<Utc>,
-        /// Target transaction started (lazily, at the first write).
-        target_open: bool,
-        /// Separate target only: ids to stamp after the target commit.
-        synced: Vec<Uuid>,
-        /// Counted into the metrics only once committed.
-        counts: Vec<(Action, Status)>,
-        /// A batch of failure retries, not a source transaction.
-        retry: bool,
-    },
+/// What a batch is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchKind {
+    /// Source transactions from the stream; progress = the end LSN of the last.
+    Stream,
+    /// The initial snapshot, applied like a stream of INSERTs, ending at the
+    /// slot's consistent point.
+    Snapshot { consistent_point: Lsn },
+    /// Failure retries from the interactions' current state; no progress.
+    Retry,
 }
 
-/// Applies changes to the target. See the module docs.
-pub struct Applier {
+/// The open batch (one target transaction).
+struct Batch {
+    kind: BatchKind,
+    /// The target transaction has begun (lazily, at the first write).
+    open: bool,
+    /// Interaction changes not written yet (the chunk).
+    chunk: Vec<RowChange>,
+    chunk_bytes: usize,
+    /// Changes pushed since the batch began (the commit bound).
+    changes: usize,
+    started: Instant,
+    /// End LSN and commit time of the last source transaction that ended in it.
+    end: Option<(Lsn, DateTime<Utc>)>,
+    /// Actions written, counted into the metrics once committed.
+    counts: [[u64; 2]; 4],
+    /// Separate target only: interactions to stamp after the commit.
+    stamps: Vec<Uuid>,
+    /// Retries only: participant names read with the rows, overriding the
+    /// names table (which is as of the stream's progress, not of now).
+    names: HashMap<(Party, Uuid), Option<String>>,
+}
+
+impl Batch {
+    fn new(kind: BatchKind) -> Batch {
+        Batch {
+            kind,
+            open: false,
+            chunk: Vec::new(),
+            chunk_bytes: 0,
+            changes: 0,
+            started: Instant::now(),
+            end: None,
+            counts: [[0; 2]; 4],
+            stamps: Vec::new(),
+            names: HashMap::new(),
+        }
+    }
+
+    fn count(&mut self, action: Action, status: Status, n: u64) {
+        let a = Action::ALL.iter().position(|x| *x == action).unwrap_or(0);
+        let s = usize::from(status == Status::Failed);
+        self.counts[a][s] += n;
+    }
+}
+
+/// Writes batches to the target. See the module docs.
+pub struct Writer {
     target: Client,
     source: Client,
     t: sql::TargetStatements,
@@ -84,7 +136,8 @@ pub struct Applier {
     tz: chrono_tz::Tz,
     same_db: bool,
     write_synced_at: bool,
-    state: TxnState,
+    limits: BatchLimits,
+    batch: Option<Batch>,
     metrics: Metrics,
 }
 
@@ -92,28 +145,7 @@ fn db(context: &'static str) -> impl Fn(tokio_postgres::Error) -> SyncError {
     move |e| SyncError::db(context, e)
 }
 
-/// Failure of one change: permanent for the row, or for the whole batch.
-enum ChangeError {
-    Row(String),
-    Batch(SyncError),
-}
-
-impl From<RowError> for ChangeError {
-    fn from(e: RowError) -> Self {
-        ChangeError::Row(e.to_string())
-    }
-}
-
-impl From<tokio_postgres::Error> for ChangeError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        match classify_pg(&e) {
-            ErrorClass::RowPermanent => ChangeError::Row(describe_pg(&e)),
-            _ => ChangeError::Batch(SyncError::db("applying a change", e)),
-        }
-    }
-}
-
-impl Applier {
+impl Writer {
     /// `target` and `source` are distinct sessions (also when they are the same
     /// database): `source` is used for lookups and, with a separate target, for
     /// stamping `calendar_synced_at`.
@@ -122,7 +154,7 @@ impl Applier {
         target: Client,
         source: Client,
         metrics: Metrics,
-    ) -> Result<Applier, SyncError> {
+    ) -> Result<Writer, SyncError> {
         let same_db = cfg.same_database();
         let t = sql::prepare_target(&target, same_db && cfg.write_synced_at)
             .await
@@ -132,7 +164,7 @@ impl Applier {
         let s = sql::prepare_source(&source).await.map_err(db(
             "preparing source statements (are customer and contact as configured?)",
         ))?;
-        Ok(Applier {
+        Ok(Writer {
             target,
             source,
             t,
@@ -142,41 +174,131 @@ impl Applier {
             tz: cfg.timezone,
             same_db,
             write_synced_at: cfg.write_synced_at,
-            state: TxnState::Idle,
+            limits: cfg.batch,
+            batch: None,
             metrics,
         })
     }
 
-    /// Starts applying the source transaction committed at `source_lsn` / `commit_ts`.
-    pub fn begin(&mut self, source_lsn: Lsn, commit_ts: DateTime<Utc>) {
-        debug_assert!(
-            matches!(self.state, TxnState::Idle),
-            "begin inside an open batch"
-        );
-        self.state = TxnState::Open {
-            source_lsn,
-            commit_ts,
-            target_open: false,
-            synced: Vec::new(),
-            counts: Vec::new(),
-            retry: false,
-        };
+    /// Starts a batch (a no-op when one of the same kind is open).
+    pub fn begin(&mut self, kind: BatchKind) {
+        if self.batch.is_none() {
+            self.batch = Some(Batch::new(kind));
+        }
+        debug_assert_eq!(self.batch.as_ref().map(|b| b.kind), Some(kind));
     }
 
+    /// A batch is open: its source transactions are not committed yet.
     pub fn is_open(&self) -> bool {
-        matches!(self.state, TxnState::Open { .. })
+        self.batch.is_some()
     }
 
-    /// Opens the target transaction now, so that `commit` writes the progress
-    /// row even if no change follows (the initial snapshot of an empty table).
-    pub async fn open(&mut self) -> Result<(), SyncError> {
-        self.ensure_target_txn().await.map(|_| ())
+    /// The open batch holds at least one ended source transaction.
+    pub fn has_uncommitted(&self) -> bool {
+        self.batch.as_ref().is_some_and(|b| b.end.is_some())
+    }
+
+    /// The open batch reached its size or age bound (commit at the next
+    /// source-transaction boundary).
+    pub fn is_full(&self) -> bool {
+        self.batch.as_ref().is_some_and(|b| {
+            b.changes >= self.limits.max_changes || b.started.elapsed() >= self.limits.max_delay
+        })
+    }
+
+    /// A source transaction ended at `end_lsn` (committed at `ts`) inside the
+    /// open batch; also one with nothing for us, so that its end is confirmed
+    /// with the batch and never before the transactions ahead of it.
+    pub fn end_source_txn(&mut self, end_lsn: Lsn, ts: DateTime<Utc>) {
+        if let Some(b) = self.batch.as_mut() {
+            b.end = Some((end_lsn, ts));
+        }
+    }
+
+    /// Adds one change of the source transaction at `lsn` / `ts` to the open batch.
+    pub async fn push(
+        &mut self,
+        lsn: Lsn,
+        ts: DateTime<Utc>,
+        change: SourceChange,
+    ) -> Result<(), SyncError> {
+        let row = match change {
+            SourceChange::InteractionUpsert { id, row } => RowChange {
+                lsn,
+                ts,
+                id,
+                row: Some(row),
+            },
+            SourceChange::InteractionDelete { id } => RowChange {
+                lsn,
+                ts,
+                id,
+                row: None,
+            },
+            SourceChange::InteractionTruncate => {
+                self.flush().await?;
+                return self.truncate(lsn).await;
+            }
+            SourceChange::PartyChanged {
+                party,
+                id,
+                name,
+                deleted,
+            } => {
+                self.flush().await?;
+                return self.party_changed(lsn, party, id, name, deleted).await;
+            }
+        };
+        self.push_row(row).await
+    }
+
+    /// Adds one interaction change; writes the chunk when it is full.
+    pub async fn push_row(&mut self, change: RowChange) -> Result<(), SyncError> {
+        let limits = self.limits;
+        let Some(b) = self.batch.as_mut() else {
+            return Err(SyncError::fatal(
+                "a change arrived outside a batch",
+                "this is a bug: report it with the log",
+            ));
+        };
+        b.chunk_bytes += change.bytes();
+        b.chunk.push(change);
+        b.changes += 1;
+        if b.chunk.len() >= limits.max_changes || b.chunk_bytes >= limits.max_bytes {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Opens the target transaction if it is not open yet.
+    async fn ensure_open(&mut self) -> Result<(), SyncError> {
+        let Some(b) = self.batch.as_mut() else {
+            return Err(SyncError::fatal(
+                "a write outside a batch",
+                "this is a bug: report it with the log",
+            ));
+        };
+        if b.open {
+            return Ok(());
+        }
+        self.target
+            .batch_execute("begin")
+            .await
+            .map_err(db("beginning the target transaction"))?;
+        b.open = true;
+        if self.same_db && self.write_synced_at {
+            self.target
+                .query_one(&self.t.emit_echo_marker, &[&ECHO_PREFIX, &self.slot])
+                .await
+                .map_err(db("marking the target transaction as calendar-sync's own"))?;
+        }
+        Ok(())
     }
 
     /// Clears the regression guard of every interaction event (initial
     /// snapshot only: a new slot starts a new LSN history).
     pub async fn forget_event_lsns(&mut self) -> Result<(), SyncError> {
-        self.ensure_target_txn().await?;
+        self.ensure_open().await?;
         self.target
             .execute(&self.t.forget_event_lsns, &[])
             .await
@@ -184,116 +306,26 @@ impl Applier {
         Ok(())
     }
 
-    /// Opens the target transaction if it is not open yet.
-    async fn ensure_target_txn(&mut self) -> Result<(Lsn, DateTime<Utc>), SyncError> {
-        let TxnState::Open {
-            source_lsn,
-            commit_ts,
-            target_open,
-            ..
-        } = &mut self.state
-        else {
-            return Err(SyncError::fatal(
-                "a change arrived outside a transaction",
-                "this is a bug: report it with the log",
-            ));
+    /// Ends the batch: writes the pending chunk, the progress row (stream and
+    /// snapshot batches) and commits. Returns the LSN that may now be reported
+    /// as flushed (`None` for retries, or when the batch was empty).
+    pub async fn commit(&mut self) -> Result<Option<Lsn>, SyncError> {
+        self.flush().await?;
+        let Some(b) = self.batch.take() else {
+            return Ok(None);
         };
-        let at = (*source_lsn, *commit_ts);
-        if !*target_open {
-            self.target
-                .batch_execute("begin")
-                .await
-                .map_err(db("beginning the target transaction"))?;
-            *target_open = true;
-            if self.same_db && self.write_synced_at {
-                self.target
-                    .query_one(&self.t.emit_echo_marker, &[&ECHO_PREFIX, &self.slot])
-                    .await
-                    .map_err(db("marking the target transaction as calendar-sync's own"))?;
+        let end = match b.kind {
+            BatchKind::Stream => b.end,
+            BatchKind::Snapshot { consistent_point } => {
+                Some((consistent_point, b.end.map_or_else(Utc::now, |e| e.1)))
             }
-        }
-        Ok(at)
-    }
-
-    /// INSERT or UPDATE of an interaction. `participants`: precomputed (snapshot)
-    /// or `None` to look them up now. `row` may be a decode failure of the row
-    /// with its id, recorded as a failure.
-    pub async fn upsert(
-        &mut self,
-        id: Uuid,
-        row: Result<InteractionRow, RowError>,
-        participants: Option<Vec<String>>,
-    ) -> Result<(), SyncError> {
-        let (lsn, ts) = self.ensure_target_txn().await?;
-        self.savepoint().await?;
-        let result = self.try_upsert(id, &row, participants, lsn, ts).await;
-        let fallback_by = row
-            .as_ref()
-            .map(|r| r.updated_by.unwrap_or(r.created_by))
-            .ok();
-        self.finish_change(id, result, fallback_by, None, lsn).await
-    }
-
-    /// DELETE of an interaction: a true hard delete of its event.
-    pub async fn delete(&mut self, id: Uuid) -> Result<(), SyncError> {
-        let (lsn, ts) = self.ensure_target_txn().await?;
-        self.savepoint().await?;
-        let result = async {
-            let existing = self.existing_event(id).await?;
-            self.decide_and_write(id, &Change::Delete, existing, ts, lsn)
-                .await
-        }
-        .await;
-        self.finish_change(id, result, None, Some(Action::Delete), lsn)
-            .await
-    }
-
-    /// TRUNCATE of interaction: every interaction event goes, one log row each.
-    pub async fn truncate(&mut self) -> Result<(), SyncError> {
-        let (lsn, _) = self.ensure_target_txn().await?;
-        let n = self
-            .target
-            .execute(&self.t.truncate_events, &[&PgLsn::from(lsn)])
-            .await
-            .map_err(db("deleting events after TRUNCATE interaction"))?;
-        tracing::info!(events = n, lsn = %lsn, "interaction truncated: deleted its events");
-        if let TxnState::Open { counts, .. } = &mut self.state {
-            counts.extend(std::iter::repeat_n(
-                (Action::Delete, Status::Success),
-                n as usize,
-            ));
-        }
-        Ok(())
-    }
-
-    /// Ends the batch: writes the progress row (`end_lsn`, the end of the last
-    /// source transaction) and commits. Returns whether anything was written.
-    /// Only after this returns may `end_lsn` be reported as flushed.
-    pub async fn commit(&mut self, end_lsn: Lsn) -> Result<bool, SyncError> {
-        self.commit_batch(Some(end_lsn)).await
-    }
-
-    /// Commits; writes the progress row only with `Some(end_lsn)` (a batch of
-    /// retries is not a source transaction and moves no progress).
-    async fn commit_batch(&mut self, end_lsn: Option<Lsn>) -> Result<bool, SyncError> {
-        let state = std::mem::replace(&mut self.state, TxnState::Idle);
-        let TxnState::Open {
-            target_open,
-            synced,
-            counts,
-            commit_ts,
-            ..
-        } = state
-        else {
-            return Ok(false);
+            BatchKind::Retry => None,
         };
-        if !target_open {
-            return Ok(false);
+        if !b.open {
+            // Nothing was written: nothing needs to be durable.
+            return Ok(end.map(|e| e.0));
         }
-        if !synced.is_empty() && self.t.mark_synced.is_some() {
-            self.stamp_in_target(&synced).await?;
-        }
-        if let Some(end_lsn) = end_lsn {
+        if let Some((end_lsn, commit_ts)) = end {
             let n = self
                 .target
                 .execute(
@@ -316,25 +348,25 @@ impl Applier {
             .batch_execute("commit")
             .await
             .map_err(db("committing the target transaction"))?;
-        for (action, status) in counts {
-            self.metrics.action(action, status);
+        for (a, action) in Action::ALL.iter().enumerate() {
+            for (s, status) in [Status::Success, Status::Failed].iter().enumerate() {
+                if b.counts[a][s] > 0 {
+                    self.metrics.actions(*action, *status, b.counts[a][s]);
+                }
+            }
         }
-        if let Some(end_lsn) = end_lsn {
+        if let Some((end_lsn, commit_ts)) = end {
             self.metrics.transaction_applied(end_lsn, commit_ts);
         }
-        if !synced.is_empty() && self.t.mark_synced.is_none() {
-            self.stamp_source(&synced).await;
+        if !b.stamps.is_empty() {
+            self.stamp_source(&b.stamps).await;
         }
-        Ok(true)
+        Ok(end.map(|e| e.0))
     }
 
     /// Abandons the batch (after an error): nothing of it stays in the target.
     pub async fn rollback(&mut self) {
-        let state = std::mem::replace(&mut self.state, TxnState::Idle);
-        if let TxnState::Open {
-            target_open: true, ..
-        } = state
-        {
+        if let Some(Batch { open: true, .. }) = self.batch.take() {
             if let Err(e) = self.target.batch_execute("rollback").await {
                 tracing::debug!(error = %e, "rollback failed; the connection is gone and so is the transaction");
             }
@@ -344,225 +376,38 @@ impl Applier {
     /// Separate target: `calendar_synced_at` in the source, after the target
     /// commit, in our own marked transaction. Best effort: the calendar is
     /// already right; a failure here only leaves the stamp old.
-    /// Same database: stamps `calendar_synced_at` at the end of the target
-    /// transaction (whose first statement was the echo marker), under its own
-    /// savepoint. Best effort: a failure only leaves stamps old and never
-    /// rolls back the events; locked rows are skipped, never waited for.
-    async fn stamp_in_target(&self, ids: &[Uuid]) -> Result<(), SyncError> {
-        let Some(stmt) = &self.t.mark_synced else {
-            return Ok(());
-        };
-        self.target
-            .batch_execute("savepoint stamp")
-            .await
-            .map_err(db("setting a savepoint"))?;
-        match self.target.execute(stmt, &[&ids]).await {
-            Ok(_) => self
-                .target
-                .batch_execute("release savepoint stamp")
-                .await
-                .map_err(db("releasing a savepoint")),
-            Err(e) if classify_pg(&e) == ErrorClass::Transient => {
-                Err(SyncError::db("stamping calendar_synced_at", e))
-            }
-            Err(e) => {
-                tracing::warn!(error = %describe_pg(&e), rows = ids.len(), "could not write interaction.calendar_synced_at; the events are synced");
-                self.target
-                    .batch_execute("rollback to savepoint stamp")
-                    .await
-                    .map_err(db("rolling back to a savepoint"))
-            }
-        }
-    }
-
     async fn stamp_source(&self, ids: &[Uuid]) {
         let result = async {
             self.source.batch_execute("begin").await?;
             self.source
                 .query_one(&self.s.emit_echo_marker, &[&ECHO_PREFIX, &self.slot])
                 .await?;
-            self.source
-                .execute(&self.s.mark_synced_many, &[&ids])
-                .await?;
+            for part in ids.chunks(self.limits.max_changes.max(1)) {
+                self.source.execute(&self.s.mark_synced, &[&part]).await?;
+            }
             self.source.batch_execute("commit").await
         }
         .await;
         if let Err(e) = result {
             let _ = self.source.batch_execute("rollback").await;
-            tracing::warn!(error = %describe_pg(&e), rows = ids.len(), "could not write interaction.calendar_synced_at in the source; the events are synced");
+            tracing::warn!(error = %crate::error::describe_pg(&e), rows = ids.len(), "could not write interaction.calendar_synced_at in the source; the events are synced");
         }
     }
 
-    async fn savepoint(&self) -> Result<(), SyncError> {
-        self.target
-            .batch_execute("savepoint change")
+    /// A participant name read together with a retried row.
+    fn remember_name(&mut self, party: Party, id: Option<Uuid>, name: Option<String>) {
+        if let (Some(b), Some(id)) = (self.batch.as_mut(), id) {
+            b.names.insert((party, id), name);
+        }
+    }
+
+    /// Open failures, for the metrics.
+    pub async fn pending_failures(&self) -> Result<i64, SyncError> {
+        Ok(self
+            .target
+            .query_one(&self.t.pending_failures, &[])
             .await
-            .map_err(db("setting a savepoint"))
-    }
-
-    async fn try_upsert(
-        &mut self,
-        id: Uuid,
-        row: &Result<InteractionRow, RowError>,
-        participants_given: Option<Vec<String>>,
-        lsn: Lsn,
-        ts: DateTime<Utc>,
-    ) -> Result<Option<Action>, ChangeError> {
-        let existing = self.existing_event(id).await?;
-        let row = match row {
-            Ok(r) => r,
-            Err(e) => return Err(ChangeError::Row(e.to_string())),
-        };
-        let mut row = Cow::Borrowed(row);
-        if row.description == Toast::Unchanged && existing.is_none() {
-            // An event may be created from an UPDATE that did not carry the
-            // (TOASTed) description: read the real one from the source.
-            let d = self.source.query_opt(&self.s.description, &[&id]).await?;
-            row.to_mut().description = Toast::Value(d.and_then(|r| r.get::<_, Option<String>>(0)));
-        }
-        let participants = match participants_given {
-            Some(p) => p,
-            None => {
-                let (c, t) = self.lookup_names(row.customer_id, row.contact_id).await?;
-                participants(c, t)
-            }
-        };
-        let change = Change::Upsert {
-            row: &row,
-            participants,
-        };
-        self.decide_and_write(id, &change, existing, ts, lsn).await
-    }
-
-    /// The event of interaction `id`, locked for this transaction.
-    async fn existing_event(&self, id: Uuid) -> Result<Option<(Uuid, EventFields)>, ChangeError> {
-        let row = self.target.query_opt(&self.t.select_event, &[&id]).await?;
-        Ok(row.as_ref().map(event_from_row).transpose()?)
-    }
-
-    /// `mapping::decide` at commit time `ts`, then the write it asks for.
-    async fn decide_and_write(
-        &mut self,
-        id: Uuid,
-        change: &Change<'_>,
-        existing: Option<(Uuid, EventFields)>,
-        ts: DateTime<Utc>,
-        lsn: Lsn,
-    ) -> Result<Option<Action>, ChangeError> {
-        let decision = decide(
-            change,
-            existing.as_ref().map(|e| &e.1),
-            ts,
-            self.window,
-            self.tz,
-        )?;
-        self.write(id, decision, existing, lsn).await
-    }
-
-    /// Releases the savepoint, or on a row failure rolls back to it and records
-    /// the failure.
-    async fn finish_change(
-        &mut self,
-        id: Uuid,
-        result: Result<Option<Action>, ChangeError>,
-        fallback_by: Option<Uuid>,
-        intended: Option<Action>,
-        lsn: Lsn,
-    ) -> Result<(), SyncError> {
-        match result {
-            Ok(action) => {
-                if let (Some(action), TxnState::Open { counts, .. }) = (action, &mut self.state) {
-                    counts.push((action, Status::Success));
-                }
-                // Any successful sync of the interaction, also one that had
-                // nothing to write, resolves its open failure (contract §5).
-                self.target
-                    .execute(&self.t.resolve_failures, &[&id])
-                    .await
-                    .map_err(db("resolving calendar_sync_failures"))?;
-                self.target
-                    .batch_execute("release savepoint change")
-                    .await
-                    .map_err(db("releasing a savepoint"))
-            }
-            Err(ChangeError::Batch(e)) => Err(e),
-            Err(ChangeError::Row(message)) => {
-                self.target
-                    .batch_execute("rollback to savepoint change")
-                    .await
-                    .map_err(db("rolling back to a savepoint"))?;
-                let existing = self
-                    .target
-                    .query_opt(&self.t.select_event, &[&id])
-                    .await
-                    .map_err(db("re-reading an event"))?;
-                let existing = existing
-                    .as_ref()
-                    .map(event_from_row)
-                    .transpose()
-                    .ok()
-                    .flatten();
-                // A failed upsert is an update of an existing event, else a
-                // create; a failed delete stays a delete.
-                let action = intended.unwrap_or(if existing.is_some() {
-                    Action::Update
-                } else {
-                    Action::Create
-                });
-                let by = fallback_by
-                    .or(existing
-                        .as_ref()
-                        .map(|(_, f)| f.updated_by.unwrap_or(f.created_by)))
-                    .unwrap_or(Uuid::nil());
-                tracing::warn!(interaction = %id, lsn = %lsn, error = %message, "change failed; recorded in calendar_sync_failures, stream goes on");
-                let retry = matches!(self.state, TxnState::Open { retry: true, .. });
-                log::record_failure(&self.target, &self.t, id, action, &message, retry)
-                    .await
-                    .map_err(db("writing calendar_sync_failures"))?;
-                self.log(
-                    id,
-                    existing.map(|(e, _)| e),
-                    action,
-                    Status::Failed,
-                    Some(&message),
-                    by,
-                    lsn,
-                )
-                .await
-                .map_err(db("writing calendar_sync_log"))?;
-                if let TxnState::Open { counts, .. } = &mut self.state {
-                    counts.push((action, Status::Failed));
-                }
-                self.target
-                    .batch_execute("release savepoint change")
-                    .await
-                    .map_err(db("releasing a savepoint"))
-            }
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn log(
-        &self,
-        interaction: Uuid,
-        event: Option<Uuid>,
-        action: Action,
-        status: Status,
-        error: Option<&str>,
-        by: Uuid,
-        lsn: Lsn,
-    ) -> Result<(), tokio_postgres::Error> {
-        log::insert_log(
-            &self.target,
-            &self.t,
-            interaction,
-            event,
-            action,
-            status,
-            error,
-            by,
-            lsn,
-        )
-        .await
+            .map_err(db("counting open failures"))?
+            .get(0))
     }
 }

@@ -1,19 +1,19 @@
-//! Participant names, kept in LSN order (`calendar_sync_party_names`, see
-//! migration target/0002), and the refresh of `participants` after a customer
-//! or contact changed (contract §3: "A rename of a customer or contact
-//! refreshes `participants` of its events").
+//! Barriers: customer/contact changes and TRUNCATE interaction, written after
+//! the pending chunk so that every change sees the state before it.
 //!
-//! Names are looked up in the target, as of the source transaction being
-//! applied, not in the live source tables: a replay after an outage then
-//! decides exactly as the first pass did. The refresh is one set-based
-//! statement per changed customer or contact, however many events show it.
+//! Participant names are kept in LSN order (`calendar_sync_party_names`, see
+//! migration target/0002) and looked up there, as of the source transaction
+//! being applied, not in the live source tables: a replay after an outage then
+//! decides exactly as the first pass did. A rename refreshes `participants` of
+//! every event showing it in one set-based statement (contract §3).
 
 use tokio_postgres::types::PgLsn;
 use uuid::Uuid;
 
-use super::{db, Applier, TxnState};
+use super::{db, Writer};
 use crate::changes::Party;
 use crate::error::SyncError;
+use crate::lsn::Lsn;
 use crate::mapping::Action;
 use crate::metrics::Status;
 
@@ -27,28 +27,26 @@ impl Party {
     }
 }
 
-impl Applier {
+impl Writer {
     /// A customer or contact was inserted or updated (`name`: its display
-    /// name), or deleted (`deleted`): record the name and refresh
-    /// `participants` of the events that show it.
-    pub async fn party_changed(
+    /// name), or deleted: record the name and refresh `participants` of the
+    /// events that show it.
+    pub(super) async fn party_changed(
         &mut self,
+        lsn: Lsn,
         party: Party,
         id: Uuid,
         name: Option<String>,
         deleted: bool,
     ) -> Result<(), SyncError> {
-        let (lsn, _) = self.ensure_target_txn().await?;
-        let result = if deleted {
-            self.target
-                .execute(&self.t.delete_party_name, &[&party.as_str(), &id])
-                .await
-        } else {
-            self.target
-                .execute(&self.t.upsert_party_name, &[&party.as_str(), &id, &name])
-                .await
-        };
-        result.map_err(db("recording a customer/contact name"))?;
+        self.ensure_open().await?;
+        self.target
+            .execute(
+                &self.t.record_party_name,
+                &[&party.as_str(), &id, &name, &deleted],
+            )
+            .await
+            .map_err(db("recording a customer/contact name"))?;
         let refresh = match party {
             Party::Customer => &self.t.refresh_by_customer,
             Party::Contact => &self.t.refresh_by_contact,
@@ -61,30 +59,25 @@ impl Applier {
         if updated > 0 {
             tracing::debug!(?party, %id, events = updated, "refreshed participants");
         }
-        if let TxnState::Open { counts, .. } = &mut self.state {
-            counts.extend(std::iter::repeat_n(
-                (Action::Update, Status::Success),
-                updated as usize,
-            ));
+        if let Some(b) = self.batch.as_mut() {
+            b.count(Action::Update, Status::Success, updated);
         }
         Ok(())
     }
 
-    /// The display names of a customer and a contact, as of the transaction
-    /// being applied.
-    pub(super) async fn lookup_names(
-        &self,
-        customer: Option<Uuid>,
-        contact: Option<Uuid>,
-    ) -> Result<(Option<String>, Option<String>), tokio_postgres::Error> {
-        if customer.is_none() && contact.is_none() {
-            return Ok((None, None));
-        }
-        let r = self
+    /// TRUNCATE of interaction: every interaction event goes, one log row each.
+    pub(super) async fn truncate(&mut self, lsn: Lsn) -> Result<(), SyncError> {
+        self.ensure_open().await?;
+        let n = self
             .target
-            .query_one(&self.t.party_names, &[&customer, &contact])
-            .await?;
-        Ok((r.get(0), r.get(1)))
+            .execute(&self.t.truncate_events, &[&PgLsn::from(lsn)])
+            .await
+            .map_err(db("deleting events after TRUNCATE interaction"))?;
+        tracing::info!(events = n, lsn = %lsn, "interaction truncated: deleted its events");
+        if let Some(b) = self.batch.as_mut() {
+            b.count(Action::Delete, Status::Success, n);
+        }
+        Ok(())
     }
 
     /// Initial snapshot: records a batch of names.
@@ -94,7 +87,7 @@ impl Applier {
         ids: &[Uuid],
         names: &[Option<String>],
     ) -> Result<(), SyncError> {
-        self.ensure_target_txn().await?;
+        self.ensure_open().await?;
         self.target
             .execute(&self.t.copy_party_names, &[&party.as_str(), &ids, &names])
             .await

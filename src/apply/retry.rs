@@ -1,53 +1,105 @@
 //! The failure queue's retry worker: re-syncs the *current* state of each
-//! interaction whose failure is due (contract §5). It runs between source
-//! transactions on the applier's own connections, so there is still one
-//! writer. A retry is decided at the clock's time (it is not a replay), and its
-//! writes carry the current progress LSN for the regression guard.
+//! interaction whose failure is due (contract §5), through the same planner
+//! and set-based writer as the stream. It runs between batches on the
+//! writer's own connections, so there is still one writer.
+//!
+//! A retry is decided at the clock's time (it is not a replay). Its participant
+//! names are read with the row, in the same statement, so the event is field
+//! for field what the stream writes for that state (issue 9, point 1). Its
+//! writes carry the source's WAL insert position at the read as their LSN: at
+//! or after the commit of the state read, so an older change still in the
+//! stream is refused by the regression guard instead of walking the event back
+//! (issue 9, point 7).
+
+use std::collections::HashSet;
 
 use chrono::Utc;
+use tokio_postgres::types::PgLsn;
 use uuid::Uuid;
 
-use super::{db, Applier, TxnState};
+use super::plan::RowChange;
+use super::{db, sql, BatchKind, Writer};
+use crate::changes::Party;
+use crate::config::Config;
 use crate::error::SyncError;
 use crate::lsn::Lsn;
+use crate::mapping::fields::contact_name;
 use crate::mapping::InteractionRow;
 
-impl Applier {
+impl Writer {
     /// Retries the due failures in one target transaction. Returns how many.
-    pub async fn retry_due(&mut self, progress: Lsn) -> Result<usize, SyncError> {
-        debug_assert!(!self.is_open(), "retries run between source transactions");
+    pub async fn retry_due(
+        &mut self,
+        participants: &crate::config::ParticipantSchema,
+    ) -> Result<usize, SyncError> {
+        debug_assert!(!self.is_open(), "retries run between batches");
         let due: Vec<Uuid> = self
             .target
             .query(&self.t.due_failures, &[])
             .await
             .map_err(db("reading due failures"))?
             .iter()
-            .map(|r| r.get(0))
-            .collect();
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()
+            .map_err(db("reading due failures"))?;
         if due.is_empty() {
             return Ok(0);
         }
-        self.begin(progress, Utc::now());
-        if let TxnState::Open { retry, .. } = &mut self.state {
-            *retry = true;
-        }
+        let rows = self
+            .source
+            .query(sql::current_with_names(participants).as_str(), &[&due])
+            .await
+            .map_err(db("reading the interactions' current state"))?;
+        let now = Utc::now();
+        self.begin(BatchKind::Retry);
         let result = async {
+            let mut seen = HashSet::new();
+            let mut changes = Vec::with_capacity(due.len());
+            let mut read_at = Lsn::ZERO;
+            for r in &rows {
+                let id: Uuid = r
+                    .try_get("interaction_id")
+                    .map_err(db("reading interaction_id"))?;
+                let at: PgLsn = r
+                    .try_get("read_at")
+                    .map_err(db("reading the WAL position"))?;
+                read_at = read_at.max(Lsn::from(at));
+                let text = |c: &str| r.try_get::<_, Option<String>>(c).ok().flatten();
+                let row = InteractionRow::from_sql(r);
+                if let Ok(row) = &row {
+                    self.remember_name(Party::Customer, row.customer_id, text("p_customer"));
+                    self.remember_name(
+                        Party::Contact,
+                        row.contact_id,
+                        contact_name(
+                            text("p_first").as_deref(),
+                            text("p_last").as_deref(),
+                            text("p_email").as_deref(),
+                        ),
+                    );
+                }
+                seen.insert(id);
+                changes.push((id, Some(row)));
+            }
+            // Gone from the source: handled as a delete.
             for id in &due {
-                let current = self
-                    .source
-                    .query_opt(&self.s.current_state, &[id])
-                    .await
-                    .map_err(db("reading the interaction's current state"))?;
-                match current {
-                    Some(row) => {
-                        let names = super::sql::participants_of(&row);
-                        self.upsert(*id, InteractionRow::from_sql(&row), Some(names))
-                            .await?;
-                    }
-                    None => self.delete(*id).await?,
+                if !seen.contains(id) {
+                    changes.push((*id, None));
                 }
             }
-            self.commit_batch(None).await
+            if read_at == Lsn::ZERO {
+                read_at = self.source_wal_position().await?;
+            }
+            for (id, row) in changes {
+                self.push_row(RowChange {
+                    lsn: read_at,
+                    ts: now,
+                    id,
+                    row,
+                })
+                .await?;
+            }
+            self.commit().await
         }
         .await;
         if let Err(e) = result {
@@ -58,13 +110,24 @@ impl Applier {
         Ok(due.len())
     }
 
-    /// Open failures, for the metrics.
-    pub async fn pending_failures(&self) -> Result<i64, SyncError> {
-        Ok(self
-            .target
-            .query_one(&self.t.pending_failures, &[])
+    async fn source_wal_position(&self) -> Result<Lsn, SyncError> {
+        let r = self
+            .source
+            .query_one("select pg_current_wal_insert_lsn()", &[])
             .await
-            .map_err(db("counting open failures"))?
-            .get(0))
+            .map_err(db("reading the source WAL position"))?;
+        Ok(Lsn::from(
+            r.try_get::<_, PgLsn>(0)
+                .map_err(db("reading the source WAL position"))?,
+        ))
     }
+}
+
+/// Runs the retry worker once, outside `run` (tests, and a one-shot repair):
+/// retries every due failure and returns how many.
+pub async fn retry_due_once(cfg: &Config) -> Result<usize, SyncError> {
+    let target = crate::db::connect(cfg.target_url(), "target").await?;
+    let source = crate::db::connect(&cfg.source_url, "source").await?;
+    let mut writer = Writer::new(cfg, target, source, crate::metrics::Metrics::new()).await?;
+    writer.retry_due(&cfg.participants).await
 }

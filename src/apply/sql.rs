@@ -1,49 +1,193 @@
-//! Every statement of the apply path, prepared once per connection.
+//! Every statement of the apply path: a named const with its comment, prepared
+//! once per connection. Batches are written set-based: arrays bound as
+//! parameters and expanded with `unnest`, a few statements per chunk whatever
+//! its size.
 
 use tokio_postgres::{Client, Statement};
 
 use crate::config::ParticipantSchema;
 use crate::db::quote_ident;
 
-/// Columns of `calendar_events` read back as [`crate::mapping::EventFields`].
+/// Columns of `calendar_events` read back as [`crate::mapping::EventFields`],
+/// with the event id and the regression guard.
 pub const EVENT_COLUMNS: &str = "event_id, title, description, event_date, start_time, end_time, all_day, \
      event_type, event_status, location, participants, created_by, updated_by, created_at, updated_at, \
-     customer_id, contact_id";
+     customer_id, contact_id, source_lsn";
+
+/// The existing events of a chunk's interactions (`$1 uuid[]`), locked for the
+/// target transaction: nothing else changes them until it commits.
+const SELECT_EVENTS: &str =
+    "select related_id, event_id, title, description, event_date, start_time, end_time,
+        all_day, event_type, event_status, location, participants, created_by, updated_by,
+        created_at, updated_at, customer_id, contact_id, source_lsn
+   from calendar_events
+  where related_table = 'interaction' and related_id = any($1)
+  for update";
+
+/// Which of `$1 uuid[]` have an open failure.
+const SELECT_FAILING: &str = "select interaction_id from calendar_sync_failures
+  where not resolved and interaction_id = any($1)";
+
+/// Display names of customers `$1 uuid[]` and contacts `$2 uuid[]`, as of the
+/// source transaction being applied (see `apply::party`).
+const SELECT_NAMES: &str = "select party, id, name from calendar_sync_party_names
+  where (party = 'customer' and id = any($1)) or (party = 'contact' and id = any($2))";
+
+/// Hard delete of events `$1 uuid[]`.
+const DELETE_EVENTS: &str = "delete from calendar_events where event_id = any($1)";
+
+/// The mapped columns in array form, shared by insert and update. Participants
+/// travel as array literals (`$10 text[]` of `'{..}'`): `unnest` of a
+/// two-dimensional array would flatten it.
+const EVENT_ARRAYS: &str = "unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::time[],
+        $6::time[], $7::bool[], $8::text[], $9::text[], $10::text[], $11::text[], $12::uuid[],
+        $13::uuid[], $14::timestamptz[], $15::timestamptz[], $16::uuid[], $17::uuid[], $18::pg_lsn[],
+        $19::uuid[])
+     as v(event_id, title, description, event_date, start_time, end_time, all_day, event_type,
+          event_status, location, participants, created_by, updated_by, created_at, updated_at,
+          customer_id, contact_id, source_lsn, related_id)";
+
+/// New events, one row per array element (`EVENT_ARRAYS`; `$19` the interaction ids).
+fn insert_events() -> String {
+    format!(
+        "insert into calendar_events (event_id, title, description, event_date, start_time, end_time,
+             all_day, event_type, event_status, location, participants, created_by, updated_by,
+             created_at, updated_at, customer_id, contact_id, source_lsn, related_table, related_id,
+             synced_from, last_synced_at)
+         select v.event_id, v.title, v.description, v.event_date, v.start_time, v.end_time, v.all_day,
+                v.event_type, v.event_status, v.location, v.participants::text[], v.created_by,
+                v.updated_by, v.created_at, v.updated_at, v.customer_id, v.contact_id, v.source_lsn,
+                'interaction', v.related_id, 'interaction', now()
+           from {EVENT_ARRAYS}"
+    )
+}
+
+/// Changed events in their last state (`EVENT_ARRAYS`; `$19` unused, NULLs).
+/// The rows are locked by `SELECT_EVENTS`, and the regression guard was checked
+/// in memory (`apply::plan`).
+fn update_events() -> String {
+    format!(
+        "update calendar_events e
+            set title = v.title, description = v.description, event_date = v.event_date,
+                start_time = v.start_time, end_time = v.end_time, all_day = v.all_day,
+                event_type = v.event_type, event_status = v.event_status, location = v.location,
+                participants = v.participants::text[], created_by = v.created_by,
+                updated_by = v.updated_by, created_at = v.created_at, updated_at = v.updated_at,
+                customer_id = v.customer_id, contact_id = v.contact_id, source_lsn = v.source_lsn,
+                last_synced_at = now()
+           from {EVENT_ARRAYS}
+          where e.event_id = v.event_id"
+    )
+}
+
+/// One `calendar_sync_log` row per action, in LSN order.
+const INSERT_LOG: &str = "insert into calendar_sync_log (interaction_id, event_id, action, status, error_message,
+        created_by, source_lsn)
+ select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::uuid[], $7::pg_lsn[])";
+
+/// Opens a failure per interaction of `$1`, or updates its open one (contract
+/// §7: one open failure per interaction). `$4`: these failures are a retry's,
+/// so they count and back off exponentially: 30 s * 2^retry_count, at most an hour.
+const RECORD_FAILURES: &str = "insert into calendar_sync_failures (interaction_id, action, error_message, next_retry_at)
+ select id, action, message, now() + interval '30 seconds'
+   from unnest($1::uuid[], $2::text[], $3::text[]) as f(id, action, message)
+ on conflict (interaction_id) where not resolved do update
+    set action = excluded.action, error_message = excluded.error_message,
+        retry_count = calendar_sync_failures.retry_count + case when $4 then 1 else 0 end,
+        last_retry_at = case when $4 then now() else calendar_sync_failures.last_retry_at end,
+        next_retry_at = now() + least(interval '30 seconds'
+            * power(2, least(calendar_sync_failures.retry_count + case when $4 then 1 else 0 end, 10)),
+            interval '1 hour')";
+
+/// A successful sync resolves the interaction's open failure (contract §5).
+const RESOLVE_FAILURES: &str = "update calendar_sync_failures set resolved = true
+  where not resolved and interaction_id = any($1)";
+
+/// TRUNCATE interaction: every interaction event goes, one log row each
+/// (contract §2), set-based. `$1` the LSN.
+const TRUNCATE_EVENTS: &str = "with gone as (
+     delete from calendar_events where related_table = 'interaction'
+     returning event_id, related_id, coalesce(updated_by, created_by) as by)
+ insert into calendar_sync_log (interaction_id, event_id, action, status, created_by, source_lsn)
+ select related_id, event_id, 'delete', 'success', by, $1 from gone";
+
+/// A customer or contact name (`$1` party, `$2` id, `$3` name), recorded in LSN
+/// order; `$4`: the party was deleted.
+const RECORD_PARTY_NAME: &str = "with deleted as (
+     delete from calendar_sync_party_names where $4 and party = $1 and id = $2)
+ insert into calendar_sync_party_names (party, id, name)
+ select $1, $2, $3 where not $4
+ on conflict (party, id) do update set name = excluded.name";
+
+/// The initial snapshot's names (`$1` party, `$2 uuid[]`, `$3 text[]`).
+const COPY_PARTY_NAMES: &str = "insert into calendar_sync_party_names (party, id, name)
+ select $1, * from unnest($2::uuid[], $3::text[])
+ on conflict (party, id) do update set name = excluded.name";
+
+/// Due failures, oldest first, a bounded number per pass.
+const DUE_FAILURES: &str = "select interaction_id from calendar_sync_failures
+  where not resolved and next_retry_at <= now() order by next_retry_at limit 500";
+
+const PENDING_FAILURES: &str = "select count(*) from calendar_sync_failures where not resolved";
+
+/// The progress row: `$2` the end LSN of the batch's last source transaction.
+/// Invariant: never decreases (the `where` refuses; the caller makes it fatal).
+const WRITE_PROGRESS: &str =
+    "insert into calendar_sync_progress (slot_name, lsn, commit_time, snapshot_lsn, snapshot_at)
+ values ($1, $2, $3, $2, now())
+ on conflict (slot_name) do update
+    set lsn = excluded.lsn, commit_time = excluded.commit_time, updated_at = now()
+  where calendar_sync_progress.lsn <= excluded.lsn";
+
+/// A new snapshot starts a new LSN history: old regression guards go.
+const FORGET_EVENT_LSNS: &str = "update calendar_events set source_lsn = null
+  where related_table = 'interaction' and source_lsn is not null";
+
+/// `interaction.calendar_synced_at` of `$1 uuid[]`. Best effort, never waits:
+/// rows a CRM session has locked are skipped (their own change will be synced
+/// and stamped), so the consumer neither stalls behind an idle transaction nor
+/// deadlocks with one.
+const MARK_SYNCED: &str = "update interaction set calendar_synced_at = now()
+  where interaction_id in (select interaction_id from interaction
+                            where interaction_id = any($1)
+                            order by interaction_id for update skip locked)";
+
+/// The transactional logical message that marks a transaction as ours (echo).
+const EMIT_ECHO_MARKER: &str = "select pg_logical_emit_message(true, $1, $2)::text";
+
+/// Live descriptions of `$1 uuid[]` (TOAST, see `apply::plan`).
+const SELECT_DESCRIPTIONS: &str =
+    "select interaction_id, description from interaction where interaction_id = any($1)";
 
 /// Statements on the target connection.
 pub struct TargetStatements {
-    pub select_event: Statement,
-    pub insert_event: Statement,
-    pub update_event: Statement,
-    pub delete_event: Statement,
-    pub upsert_party_name: Statement,
-    pub delete_party_name: Statement,
-    /// `(customer name, contact name)` for `($1, $2)` from the names table.
-    pub party_names: Statement,
-    /// `($1 party, $2 ids, $3 names)`: snapshot copy.
-    pub copy_party_names: Statement,
+    pub select_events: Statement,
+    pub select_failing: Statement,
+    pub select_names: Statement,
+    pub delete_events: Statement,
+    pub insert_events: Statement,
+    pub update_events: Statement,
+    pub insert_log: Statement,
+    pub record_failures: Statement,
+    pub resolve_failures: Statement,
+    pub truncate_events: Statement,
+    pub record_party_name: Statement,
     pub refresh_by_customer: Statement,
     pub refresh_by_contact: Statement,
-    pub truncate_events: Statement,
-    pub insert_log: Statement,
-    pub resolve_failures: Statement,
-    pub record_failure: Statement,
+    pub copy_party_names: Statement,
     pub due_failures: Statement,
     pub pending_failures: Statement,
     pub write_progress: Statement,
     pub forget_event_lsns: Statement,
-    /// Same-database mode only: `interaction.calendar_synced_at` of `any($1)`
-    /// inside the target transaction, at its end.
+    /// Same-database mode only: stamps inside the target transaction.
     pub mark_synced: Option<Statement>,
     pub emit_echo_marker: Statement,
 }
 
 /// Statements on the source (lookup) connection.
 pub struct SourceStatements {
-    pub description: Statement,
-    pub mark_synced_many: Statement,
-    /// The current state of one interaction (retries).
-    pub current_state: Statement,
+    pub select_descriptions: Statement,
+    pub mark_synced: Statement,
     pub emit_echo_marker: Statement,
 }
 
@@ -52,178 +196,56 @@ pub async fn prepare_target(
     same_db: bool,
 ) -> Result<TargetStatements, tokio_postgres::Error> {
     Ok(TargetStatements {
-        select_event: c
-            .prepare(&format!(
-                "select {EVENT_COLUMNS} from calendar_events
-                  where related_table = 'interaction' and related_id = $1 for update"
-            ))
-            .await?,
-        insert_event: c
-            .prepare(
-                "insert into calendar_events (title, description, event_date, start_time, end_time, all_day,
-                     event_type, event_status, location, participants, created_by, updated_by, created_at,
-                     updated_at, customer_id, contact_id, related_table, related_id, synced_from,
-                     last_synced_at, source_lsn)
-                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                     'interaction', $17, 'interaction', now(), $18)
-                 returning event_id",
-            )
-            .await?,
-        // Same parameters as insert_event ($1-$16 the fields, $17 the key, $18
-        // the LSN). The source_lsn guard refuses a write from an older source
-        // transaction.
-        update_event: c
-            .prepare(
-                "update calendar_events set title = $1, description = $2, event_date = $3, start_time = $4,
-                     end_time = $5, all_day = $6, event_type = $7, event_status = $8, location = $9,
-                     participants = $10, created_by = $11, updated_by = $12, created_at = $13,
-                     updated_at = $14, customer_id = $15, contact_id = $16, last_synced_at = now(),
-                     source_lsn = $18
-                  where event_id = $17 and (source_lsn is null or source_lsn <= $18)",
-            )
-            .await?,
-        delete_event: c.prepare("delete from calendar_events where event_id = $1").await?,
-        upsert_party_name: c
-            .prepare(
-                "insert into calendar_sync_party_names (party, id, name) values ($1, $2, $3)
-                 on conflict (party, id) do update set name = excluded.name",
-            )
-            .await?,
-        delete_party_name: c
-            .prepare("delete from calendar_sync_party_names where party = $1 and id = $2")
-            .await?,
-        party_names: c
-            .prepare(
-                "select (select name from calendar_sync_party_names where party = 'customer' and id = $1),
-                        (select name from calendar_sync_party_names where party = 'contact' and id = $2)",
-            )
-            .await?,
-        copy_party_names: c
-            .prepare(
-                "insert into calendar_sync_party_names (party, id, name)
-                 select $1, * from unnest($2::uuid[], $3::text[])
-                 on conflict (party, id) do update set name = excluded.name",
-            )
-            .await?,
-        // Set-based participant refresh of every event showing customer
-        // (contact) $1, one `update` log row each, only where the array changes.
+        select_events: c.prepare(SELECT_EVENTS).await?,
+        select_failing: c.prepare(SELECT_FAILING).await?,
+        select_names: c.prepare(SELECT_NAMES).await?,
+        delete_events: c.prepare(DELETE_EVENTS).await?,
+        insert_events: c.prepare(&insert_events()).await?,
+        update_events: c.prepare(&update_events()).await?,
+        insert_log: c.prepare(INSERT_LOG).await?,
+        record_failures: c.prepare(RECORD_FAILURES).await?,
+        resolve_failures: c.prepare(RESOLVE_FAILURES).await?,
+        truncate_events: c.prepare(TRUNCATE_EVENTS).await?,
+        record_party_name: c.prepare(RECORD_PARTY_NAME).await?,
         refresh_by_customer: c.prepare(&refresh_participants("customer_id")).await?,
         refresh_by_contact: c.prepare(&refresh_participants("contact_id")).await?,
-        // One log row per deleted event (contract §2, TRUNCATE), set-based.
-        truncate_events: c
-            .prepare(
-                "with gone as (
-                     delete from calendar_events where related_table = 'interaction'
-                     returning event_id, related_id, coalesce(updated_by, created_by) as by)
-                 insert into calendar_sync_log (interaction_id, event_id, action, status, created_by, source_lsn)
-                 select related_id, event_id, 'delete', 'success', by, $1 from gone",
-            )
-            .await?,
-        insert_log: c
-            .prepare(
-                "insert into calendar_sync_log (interaction_id, event_id, action, status, error_message,
-                     created_by, source_lsn)
-                 values ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .await?,
-        resolve_failures: c
-            .prepare("update calendar_sync_failures set resolved = true where interaction_id = $1 and not resolved")
-            .await?,
-        // One open failure per interaction: a new failure updates it (contract §7).
-        // One open failure per interaction: a new failure updates it (contract
-        // §7). $5: this failure is a retry's, so it counts and backs off
-        // exponentially: 30 s * 2^retry_count, at most an hour.
-        record_failure: c
-            .prepare(
-                "insert into calendar_sync_failures (interaction_id, action, error_message, error_stack, next_retry_at)
-                 values ($1, $2, $3, $4, now() + interval '30 seconds')
-                 on conflict (interaction_id) where not resolved do update
-                    set action = excluded.action, error_message = excluded.error_message,
-                        error_stack = excluded.error_stack,
-                        retry_count = calendar_sync_failures.retry_count + case when $5 then 1 else 0 end,
-                        last_retry_at = case when $5 then now() else calendar_sync_failures.last_retry_at end,
-                        next_retry_at = now() + least(interval '30 seconds'
-                            * power(2, least(calendar_sync_failures.retry_count + case when $5 then 1 else 0 end, 10)),
-                            interval '1 hour')",
-            )
-            .await?,
-        due_failures: c
-            .prepare(
-                "select interaction_id from calendar_sync_failures
-                  where not resolved and next_retry_at <= now() order by next_retry_at limit 50",
-            )
-            .await?,
-        pending_failures: c
-            .prepare("select count(*) from calendar_sync_failures where not resolved")
-            .await?,
-        write_progress: c
-            .prepare(
-                "insert into calendar_sync_progress (slot_name, lsn, commit_time, snapshot_lsn, snapshot_at)
-                 values ($1, $2, $3, $2, now())
-                 on conflict (slot_name) do update
-                    set lsn = excluded.lsn, commit_time = excluded.commit_time, updated_at = now()
-                  where calendar_sync_progress.lsn <= excluded.lsn",
-            )
-            .await?,
-        // Best effort, never waits: rows a CRM session has locked are skipped
-        // (their own change will be synced and stamped), so the consumer
-        // neither stalls behind an idle transaction nor deadlocks with one.
-        forget_event_lsns: c
-            .prepare(
-                "update calendar_events set source_lsn = null
-                  where related_table = 'interaction' and source_lsn is not null",
-            )
-            .await?,
+        copy_party_names: c.prepare(COPY_PARTY_NAMES).await?,
+        due_failures: c.prepare(DUE_FAILURES).await?,
+        pending_failures: c.prepare(PENDING_FAILURES).await?,
+        write_progress: c.prepare(WRITE_PROGRESS).await?,
+        forget_event_lsns: c.prepare(FORGET_EVENT_LSNS).await?,
         mark_synced: if same_db {
-            Some(c.prepare("update interaction set calendar_synced_at = now()
-                  where interaction_id in (select interaction_id from interaction
-                                            where interaction_id = any($1)
-                                            order by interaction_id for update skip locked)").await?)
+            Some(c.prepare(MARK_SYNCED).await?)
         } else {
             None
         },
-        emit_echo_marker: c.prepare("select pg_logical_emit_message(true, $1, $2)::text").await?,
+        emit_echo_marker: c.prepare(EMIT_ECHO_MARKER).await?,
     })
 }
 
 pub async fn prepare_source(c: &Client) -> Result<SourceStatements, tokio_postgres::Error> {
     Ok(SourceStatements {
-        description: c
-            .prepare("select description from interaction where interaction_id = $1")
-            .await?,
-        current_state: c
-            .prepare(&format!(
-                "select {} from interaction i where i.interaction_id = $1",
-                crate::mapping::InteractionRow::select_list("i")
-            ))
-            .await?,
-        // As `mark_synced` of the target statements.
-        mark_synced_many: c
-            .prepare(
-                "update interaction set calendar_synced_at = now()
-                  where interaction_id in (select interaction_id from interaction
-                                            where interaction_id = any($1)
-                                            order by interaction_id for update skip locked)",
-            )
-            .await?,
-        emit_echo_marker: c
-            .prepare("select pg_logical_emit_message(true, $1, $2)::text")
-            .await?,
+        select_descriptions: c.prepare(SELECT_DESCRIPTIONS).await?,
+        mark_synced: c.prepare(MARK_SYNCED).await?,
+        emit_echo_marker: c.prepare(EMIT_ECHO_MARKER).await?,
     })
 }
 
-/// `interaction` rows (mapped columns only) with the participant names of
-/// their customer and contact (`p_customer`, `p_first`, `p_last`, `p_email`).
-/// Used by the snapshot and by retries.
-pub fn interaction_with_names(p: &ParticipantSchema, filter: &str) -> String {
+/// The current state of interactions `$1 uuid[]` (mapped columns only) with
+/// the raw name columns of their customer and contact (`p_customer`,
+/// `p_first`, `p_last`, `p_email`) and the source WAL insert position
+/// (`read_at`), which is at or after the commit of every state the query sees.
+/// Used by the retry worker.
+pub fn current_with_names(p: &ParticipantSchema) -> String {
     let q = quote_ident;
     format!(
         "select {cols}, cu.{cname}::text as p_customer, co.{first}::text as p_first,
-                co.{last}::text as p_last, co.{email}::text as p_email
+                co.{last}::text as p_last, co.{email}::text as p_email,
+                pg_current_wal_insert_lsn() as read_at
            from interaction i
            left join {customer} cu on cu.{cid} = i.customer_id
            left join {contact} co on co.{tid} = i.contact_id
-         {filter}",
+          where i.interaction_id = any($1)",
         cols = crate::mapping::InteractionRow::select_list("i"),
         cname = q(&p.customer_name),
         first = q(&p.contact_first_name),
@@ -236,27 +258,9 @@ pub fn interaction_with_names(p: &ParticipantSchema, filter: &str) -> String {
     )
 }
 
-/// Participants from a row selected with [`interaction_with_names`].
-pub fn participants_of(row: &tokio_postgres::Row) -> Vec<String> {
-    use crate::mapping::fields::{contact_name, participants};
-    let get = |c: &str| row.try_get::<_, Option<String>>(c).ok().flatten();
-    let has_contact = row
-        .try_get::<_, Option<uuid::Uuid>>("contact_id")
-        .ok()
-        .flatten()
-        .is_some();
-    let contact = if has_contact {
-        contact_name(
-            get("p_first").as_deref(),
-            get("p_last").as_deref(),
-            get("p_email").as_deref(),
-        )
-    } else {
-        None
-    };
-    participants(get("p_customer"), contact)
-}
-
+/// Set-based participant refresh of every event showing customer (contact)
+/// `$1`, one `update` log row each, only where the array changes, never over
+/// a write from a later LSN (`$2`).
 fn refresh_participants(key: &str) -> String {
     format!(
         "with wanted as (
@@ -275,4 +279,41 @@ fn refresh_participants(key: &str) -> String {
          insert into calendar_sync_log (interaction_id, event_id, action, status, created_by, source_lsn)
          select related_id, event_id, 'update', 'success', by, $2 from changed"
     )
+}
+
+/// A `text[]` literal (`{"a","b"}`) for one participants array, bound as one
+/// element of a `text[]` parameter and cast back in SQL.
+pub fn array_literal(items: &[String]) -> String {
+    let mut s = String::with_capacity(2 + items.iter().map(|i| i.len() + 3).sum::<usize>());
+    s.push('{');
+    for (n, item) in items.iter().enumerate() {
+        if n > 0 {
+            s.push(',');
+        }
+        s.push('"');
+        for ch in item.chars() {
+            if ch == '"' || ch == '\\' {
+                s.push('\\');
+            }
+            s.push(ch);
+        }
+        s.push('"');
+    }
+    s.push('}');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn array_literals_quote_and_escape() {
+        assert_eq!(array_literal(&[]), "{}");
+        assert_eq!(
+            array_literal(&["Acme Corp".into(), "Ada \"A\" L\\x".into()]),
+            r#"{"Acme Corp","Ada \"A\" L\\x"}"#
+        );
+        assert_eq!(array_literal(&["NULL".into()]), r#"{"NULL"}"#);
+    }
 }

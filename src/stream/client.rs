@@ -23,7 +23,7 @@ use chrono::{DateTime, Utc};
 use pgwire_replication::{ReplicationClient, ReplicationConfig};
 use tokio_postgres::Client;
 
-use crate::apply::{sql, Applier};
+use crate::apply::{BatchKind, RowChange, Writer};
 use crate::changes::Party;
 use crate::config::Config;
 use crate::db::{self, quote_ident, quote_literal};
@@ -34,7 +34,9 @@ use crate::mapping::InteractionRow;
 use crate::tls::TlsSettings;
 
 /// Rows fetched per round trip while copying the snapshot.
-const SNAPSHOT_BATCH: i32 = 1000;
+const SNAPSHOT_BATCH: i32 = 5000;
+/// At most one snapshot progress line per this interval.
+const SNAPSHOT_LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// The slot as `pg_replication_slots` shows it.
 #[derive(Debug, Clone)]
@@ -131,7 +133,7 @@ pub fn replication_config(cfg: &Config) -> Result<ReplicationConfig, SyncError> 
 /// target with the progress row, and returns the session ready to `start()`.
 pub async fn create_slot_and_snapshot(
     cfg: &Config,
-    applier: &mut Applier,
+    writer: &mut Writer,
 ) -> Result<(ReplicationClient, Lsn), SyncError> {
     let mut repl = ReplicationClient::connect_gated(replication_config(cfg)?)
         .await
@@ -166,9 +168,9 @@ pub async fn create_slot_and_snapshot(
     tracing::info!(slot = %cfg.slot, %consistent_point, "created replication slot; copying existing interactions");
 
     let reader = db::connect(&cfg.source_url, "source (snapshot)").await?;
-    let copied = copy_snapshot(cfg, &reader, &snapshot, consistent_point, applier).await;
+    let copied = copy_snapshot(cfg, &reader, &snapshot, consistent_point, writer).await;
     if copied.is_err() {
-        applier.rollback().await;
+        writer.rollback().await;
     }
     let copied = copied?;
     tracing::info!(rows = copied, %consistent_point, "initial snapshot applied");
@@ -180,7 +182,7 @@ async fn copy_snapshot(
     reader: &Client,
     snapshot: &str,
     consistent_point: Lsn,
-    applier: &mut Applier,
+    writer: &mut Writer,
 ) -> Result<u64, SyncError> {
     let err = |what: &'static str| move |e| SyncError::db(what, e);
     reader
@@ -190,28 +192,35 @@ async fn copy_snapshot(
         ))
         .await
         .map_err(err("importing the slot's snapshot"))?;
-    let snapshot_ts: DateTime<Utc> = reader
-        .query_one("select now()", &[])
+    let row = reader
+        .query_one(
+            "select now(), greatest(reltuples, 0)::bigint from pg_class where oid = 'interaction'::regclass",
+            &[],
+        )
         .await
-        .map_err(err("reading the snapshot time"))?
-        .get(0);
+        .map_err(err("reading the snapshot time"))?;
+    let snapshot_ts: DateTime<Utc> = row.try_get(0).map_err(err("reading the snapshot time"))?;
+    let estimate: i64 = row
+        .try_get(1)
+        .map_err(err("reading the table size estimate"))?;
     reader
         .batch_execute(&format!(
-            "declare calendar_sync_snapshot no scroll cursor for {}",
-            sql::interaction_with_names(&cfg.participants, "")
+            "declare calendar_sync_snapshot no scroll cursor for select {} from interaction i",
+            InteractionRow::select_list("i")
         ))
         .await
         .map_err(err("opening the snapshot cursor"))?;
     // The snapshot is applied like a stream of INSERTs at the snapshot time
-    // (contract §7), as one "source transaction" ending at the consistent point.
-    applier.begin(consistent_point, snapshot_ts);
-    applier.open().await?;
+    // (contract §7), as one batch ending at the consistent point.
+    writer.begin(BatchKind::Snapshot { consistent_point });
     // Events left from an earlier slot (a new snapshot after a lost slot, or a
     // source moved to a cluster whose LSNs are lower) must not refuse the new
     // history's writes as regressions.
-    applier.forget_event_lsns().await?;
-    copy_party_names(cfg, reader, applier).await?;
+    writer.forget_event_lsns().await?;
+    copy_party_names(cfg, reader, writer).await?;
     let fetch = format!("fetch {SNAPSHOT_BATCH} from calendar_sync_snapshot");
+    let started = std::time::Instant::now();
+    let mut logged = started;
     let mut copied = 0u64;
     loop {
         let rows = reader
@@ -228,22 +237,41 @@ async fn copy_snapshot(
                     "interaction_id must be a uuid",
                 )
             })?;
-            applier
-                .upsert(
+            writer
+                .push_row(RowChange {
+                    lsn: consistent_point,
+                    ts: snapshot_ts,
                     id,
-                    InteractionRow::from_sql(row),
-                    Some(sql::participants_of(row)),
-                )
+                    row: Some(InteractionRow::from_sql(row)),
+                })
                 .await?;
             copied += 1;
+        }
+        if logged.elapsed() >= SNAPSHOT_LOG_EVERY {
+            logged = std::time::Instant::now();
+            log_snapshot_progress(copied, estimate, started.elapsed());
         }
     }
     reader
         .batch_execute("commit")
         .await
         .map_err(err("closing the snapshot"))?;
-    applier.commit(consistent_point).await?;
+    writer.commit().await?;
     Ok(copied)
+}
+
+/// One progress line: rows done of the `reltuples` estimate, rate, ETA.
+fn log_snapshot_progress(done: u64, estimate: i64, elapsed: Duration) {
+    let rate = done as f64 / elapsed.as_secs_f64().max(0.001);
+    let left = (estimate.max(0) as u64).saturating_sub(done);
+    let eta_s = if rate > 0.0 { left as f64 / rate } else { 0.0 };
+    tracing::info!(
+        rows = done,
+        estimated_total = estimate,
+        rows_per_second = rate.round() as u64,
+        eta_seconds = eta_s.round() as u64,
+        "initial snapshot in progress"
+    );
 }
 
 /// Copies every customer's and contact's display name from the snapshot into
@@ -251,7 +279,7 @@ async fn copy_snapshot(
 async fn copy_party_names(
     cfg: &Config,
     reader: &Client,
-    applier: &mut Applier,
+    writer: &mut Writer,
 ) -> Result<(), SyncError> {
     let p = &cfg.participants;
     let q = quote_ident;
@@ -311,7 +339,7 @@ async fn copy_party_names(
                 ids.push(id);
                 names.push(name);
             }
-            applier.copy_party_names(party, &ids, &names).await?;
+            writer.copy_party_names(party, &ids, &names).await?;
         }
     }
     Ok(())

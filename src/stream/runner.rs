@@ -20,8 +20,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use pgwire_replication::{ReplicationClient, ReplicationEvent};
 use tokio::sync::watch;
 
-use crate::apply::{Applier, ECHO_PREFIX};
-use crate::changes::{RelationCache, SourceChange, StreamError};
+use crate::apply::{BatchKind, Writer, ECHO_PREFIX};
+use crate::changes::{RelationCache, StreamError};
 use crate::config::Config;
 use crate::db;
 use crate::error::SyncError;
@@ -118,7 +118,7 @@ async fn session(
             "choose another CALENDAR_SYNC_SLOT; calendar-sync never drops a slot it did not create",
         ));
     }
-    let mut applier = Applier::new(cfg, target, lookups, metrics.clone()).await?;
+    let mut writer = Writer::new(cfg, target, lookups, metrics.clone()).await?;
 
     let (mut repl, progress) = match (stored, slot) {
         (Some(progress), Some(slot)) => {
@@ -154,7 +154,7 @@ async fn session(
                 client::drop_unfinished_slot(&source, &cfg.slot).await?;
             }
             let (mut repl, consistent_point) =
-                client::create_slot_and_snapshot(cfg, &mut applier).await?;
+                client::create_slot_and_snapshot(cfg, &mut writer).await?;
             repl.start()
                 .await
                 .map_err(|e| SyncError::stream("starting replication", e))?;
@@ -169,7 +169,7 @@ async fn session(
     let mut s = Streamer {
         cfg,
         repl,
-        applier,
+        writer,
         source,
         metrics: metrics.clone(),
         progress,
@@ -182,7 +182,7 @@ async fn session(
     metrics.set_streaming(false);
     // On SIGTERM mid-transaction the open batch is rolled back: it is replayed
     // on the next start, from the stored progress.
-    s.applier.rollback().await;
+    s.writer.rollback().await;
     if result.is_err() {
         s.repl.abort();
         return result;
@@ -214,7 +214,7 @@ const PUBLICATION_CHECK_TICKS: u32 = 15;
 struct Streamer<'a> {
     cfg: &'a Config,
     repl: ReplicationClient,
-    applier: Applier,
+    writer: Writer,
     /// For periodic checks of the publication.
     source: tokio_postgres::Client,
     metrics: Metrics,
@@ -261,15 +261,32 @@ impl Streamer<'_> {
         let mut ticks: u32 = 0;
         loop {
             let idle = self.framer.is_idle();
+            // Complete source transactions wait in the batch: commit them as
+            // soon as no more data is waiting (low latency when idle).
+            let pending = idle && self.writer.has_uncommitted();
             let event = tokio::select! {
                 biased;
-                _ = shutdown.changed() => return Ok(()),
+                _ = shutdown.changed() => {
+                    if pending {
+                        self.commit_batch().await?;
+                    }
+                    return Ok(());
+                }
                 _ = tick.tick(), if idle => {
+                    if pending {
+                        self.commit_batch().await?;
+                    }
                     ticks = ticks.wrapping_add(1);
                     self.tick(ticks % PUBLICATION_CHECK_TICKS == 0).await?;
                     continue;
                 }
                 ev = self.repl.recv() => ev.map_err(|e| SyncError::stream("receiving from the replication stream", e))?,
+                _ = std::future::ready(()), if pending => {
+                    if self.commit_batch().await? {
+                        *progressed = true;
+                    }
+                    continue;
+                }
             };
             let Some(event) = event else {
                 return Err(SyncError::transient(
@@ -283,12 +300,23 @@ impl Streamer<'_> {
         }
     }
 
+    /// Commits the open batch and reports its end as flushed. Returns whether
+    /// a target transaction committed.
+    async fn commit_batch(&mut self) -> Result<bool, SyncError> {
+        let committed = self.writer.commit().await?;
+        if let Some(lsn) = committed {
+            tracing::debug!(%lsn, "applied a batch of source transactions");
+            self.ack(lsn);
+        }
+        Ok(committed.is_some())
+    }
+
     /// Between transactions: retry due failures, refresh gauges, and now and
     /// then make sure the publication still publishes interaction.
     async fn tick(&mut self, check_publication: bool) -> Result<(), SyncError> {
-        self.applier.retry_due(self.progress).await?;
+        self.writer.retry_due(&self.cfg.participants).await?;
         self.metrics
-            .set_pending_failures(self.applier.pending_failures().await?);
+            .set_pending_failures(self.writer.pending_failures().await?);
         let wal_end = Lsn::from(self.repl.metrics().last_wal_end());
         let behind = wal_end.0.saturating_sub(self.acked.0);
         let seconds = match (behind, self.last_commit_ts) {
@@ -319,7 +347,7 @@ impl Streamer<'_> {
                     )
                     .map_err(|e| fatal_stream(&e))?;
                 if !t.replay {
-                    self.applier.begin(t.final_lsn, t.commit_ts);
+                    self.writer.begin(BatchKind::Stream);
                 }
             }
             ReplicationEvent::Message {
@@ -348,23 +376,24 @@ impl Streamer<'_> {
                     .commit(Lsn::from(lsn))
                     .map_err(|e| fatal_stream(&e))?;
                 let end_lsn = Lsn::from(end_lsn);
-                let mut committed = false;
-                if t.applies() {
-                    committed = self.applier.commit(end_lsn).await?;
-                    if committed {
-                        tracing::debug!(lsn = %end_lsn, "applied source transaction");
-                    }
-                    self.last_commit_ts = Some(t.commit_ts);
-                } else if !t.replay {
-                    // Our own transaction: nothing was written for it.
-                    self.applier.rollback().await;
-                }
                 self.progress = self.progress.max(end_lsn);
-                self.ack(end_lsn);
-                return Ok(committed);
+                if t.applies() {
+                    self.last_commit_ts = Some(t.commit_ts);
+                }
+                if self.writer.is_open() {
+                    // Also a transaction with nothing for us: its end is
+                    // confirmed with the batch, never before the ones ahead.
+                    self.writer.end_source_txn(end_lsn, t.commit_ts);
+                    if self.writer.is_full() {
+                        return self.commit_batch().await;
+                    }
+                } else {
+                    // Nothing of it needs to be durable.
+                    self.ack(end_lsn);
+                }
             }
             ReplicationEvent::KeepAlive { wal_end, .. } => {
-                if self.framer.is_idle() && !self.applier.is_open() {
+                if self.framer.is_idle() && !self.writer.is_open() {
                     self.ack(Lsn::from(wal_end));
                 }
             }
@@ -376,20 +405,17 @@ impl Streamer<'_> {
     /// An Insert/Update/Delete/Truncate: applied unless its transaction is a
     /// replay or our own.
     async fn data_change(&mut self, msg: &Message) -> Result<(), SyncError> {
-        if !self
-            .framer
-            .change()
-            .map_err(|e| fatal_stream(&e))?
-            .applies()
-        {
+        let t = self.framer.change().map_err(|e| fatal_stream(&e))?;
+        if !t.applies() {
             return Ok(());
         }
+        let (lsn, ts) = (t.final_lsn, t.commit_ts);
         for change in self
             .relations
             .changes(msg)
             .map_err(|e| fatal_schema(&e, &self.cfg.slot))?
         {
-            apply(&mut self.applier, change).await?;
+            self.writer.push(lsn, ts, change).await?;
         }
         Ok(())
     }
@@ -398,20 +424,6 @@ impl Streamer<'_> {
     fn ack(&mut self, lsn: Lsn) {
         self.acked = self.acked.max(lsn);
         self.repl.update_applied_lsn(lsn.into());
-    }
-}
-
-async fn apply(applier: &mut Applier, change: SourceChange) -> Result<(), SyncError> {
-    match change {
-        SourceChange::InteractionUpsert { id, row } => applier.upsert(id, row, None).await,
-        SourceChange::InteractionDelete { id } => applier.delete(id).await,
-        SourceChange::InteractionTruncate => applier.truncate().await,
-        SourceChange::PartyChanged {
-            party,
-            id,
-            name,
-            deleted,
-        } => applier.party_changed(party, id, name, deleted).await,
     }
 }
 
