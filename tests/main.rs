@@ -3,6 +3,7 @@
 
 mod support;
 
+mod batching;
 mod crash;
 mod echo;
 mod edge_paths;
