@@ -24,11 +24,12 @@
 //! # Echo
 //!
 //! Writing `interaction.calendar_synced_at` feeds the stream back to itself. Every
-//! transaction of ours that writes to the source starts with a transactional
-//! logical message (`pg_logical_emit_message(true, ECHO_PREFIX, slot)`); the
-//! stream ignores every transaction that carries it. `pg_logical_emit_message`
-//! needs no privilege beyond the role's (PostgreSQL docs, "Replication
-//! Management Functions"), unlike replication origins.
+//! transaction of ours that writes to the source starts with [`sql::ECHO_MARKER`]:
+//! a transactional logical message (`pg_logical_emit_message(true, ECHO_PREFIX,
+//! slot)`) and our transaction id in `calendar_sync_echo`, in one statement.
+//! The stream ignores a transaction only when it carries the message first and
+//! its id is in that table (`stream::echo`): any role may emit the message, but
+//! only calendar-sync's may write the table.
 
 mod event;
 mod log;
@@ -82,7 +83,6 @@ pub struct Applier {
     slot: String,
     window: chrono::Duration,
     tz: chrono_tz::Tz,
-    same_db: bool,
     write_synced_at: bool,
     state: TxnState,
     metrics: Metrics,
@@ -130,7 +130,7 @@ impl Applier {
                 "preparing target statements (has `calendar-sync migrate` run?)",
             ))?;
         let s = sql::prepare_source(&source).await.map_err(db(
-            "preparing source statements (are customer and contact as configured?)",
+            "preparing source statements (has `calendar-sync migrate` run? are customer and contact as configured?)",
         ))?;
         Ok(Applier {
             target,
@@ -140,7 +140,6 @@ impl Applier {
             slot: cfg.slot.clone(),
             window: cfg.window,
             tz: cfg.timezone,
-            same_db,
             write_synced_at: cfg.write_synced_at,
             state: TxnState::Idle,
             metrics,
@@ -205,11 +204,11 @@ impl Applier {
                 .await
                 .map_err(db("beginning the target transaction"))?;
             *target_open = true;
-            if self.same_db && self.write_synced_at {
+            if let Some(marker) = &self.t.emit_echo_marker {
                 self.target
-                    .query_one(&self.t.emit_echo_marker, &[&ECHO_PREFIX, &self.slot])
+                    .query_one(marker, &[&ECHO_PREFIX, &self.slot])
                     .await
-                    .map_err(db("marking the target transaction as calendar-sync's own"))?;
+                    .map_err(db("marking the target transaction as calendar-sync's own (calendar_sync_echo; has `calendar-sync migrate` run, and may this role insert into calendar_sync_echo?)"))?;
             }
         }
         Ok(at)

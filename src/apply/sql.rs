@@ -35,7 +35,8 @@ pub struct TargetStatements {
     /// Same-database mode only: `interaction.calendar_synced_at` of `any($1)`
     /// inside the target transaction, at its end.
     pub mark_synced: Option<Statement>,
-    pub emit_echo_marker: Statement,
+    /// Same-database mode only (with `mark_synced`): see [`ECHO_MARKER`].
+    pub emit_echo_marker: Option<Statement>,
 }
 
 /// Statements on the source (lookup) connection.
@@ -182,7 +183,11 @@ pub async fn prepare_target(
         } else {
             None
         },
-        emit_echo_marker: c.prepare("select pg_logical_emit_message(true, $1, $2)::text").await?,
+        emit_echo_marker: if same_db {
+            Some(c.prepare(ECHO_MARKER).await?)
+        } else {
+            None
+        },
     })
 }
 
@@ -206,11 +211,23 @@ pub async fn prepare_source(c: &Client) -> Result<SourceStatements, tokio_postgr
                                             order by interaction_id for update skip locked)",
             )
             .await?,
-        emit_echo_marker: c
-            .prepare("select pg_logical_emit_message(true, $1, $2)::text")
-            .await?,
+        emit_echo_marker: c.prepare(ECHO_MARKER).await?,
     })
 }
+
+/// Marks the current transaction as calendar-sync's own (`$1` the prefix, `$2`
+/// the slot), in one statement: the transactional logical message the stream
+/// sees, and this transaction's id in `calendar_sync_echo`, which only
+/// calendar-sync's role may write (migrations/source/0002). The stream ignores
+/// a transaction only when both are there (`stream::echo`).
+///
+/// Must be the transaction's first statement: the stream takes a marker that
+/// follows a change for a forgery (calendar-sync's never do), and the row's
+/// `lsn` (the message's, so at the start of the transaction) is what pruning
+/// compares with the slots' `restart_lsn`. Returns the xid (text).
+pub const ECHO_MARKER: &str = "insert into calendar_sync_echo (xid, slot, lsn)
+     values (pg_current_xact_id(), $2::text, pg_logical_emit_message(true, $1::text, $2::text))
+     returning xid::text";
 
 /// `interaction` rows (mapped columns only) with the participant names of
 /// their customer and contact (`p_customer`, `p_first`, `p_last`, `p_email`).
