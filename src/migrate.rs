@@ -18,10 +18,16 @@ struct Migration {
     sql: &'static str,
 }
 
-const SOURCE_MIGRATIONS: &[Migration] = &[Migration {
-    name: "source/0001_interaction_synced_at",
-    sql: include_str!("../migrations/source/0001_interaction_synced_at.sql"),
-}];
+const SOURCE_MIGRATIONS: &[Migration] = &[
+    Migration {
+        name: "source/0001_interaction_synced_at",
+        sql: include_str!("../migrations/source/0001_interaction_synced_at.sql"),
+    },
+    Migration {
+        name: "source/0002_echo_transactions",
+        sql: include_str!("../migrations/source/0002_echo_transactions.sql"),
+    },
+];
 
 const TARGET_MIGRATIONS: &[Migration] = &[
     Migration {

@@ -69,3 +69,268 @@ async fn own_writes_with_the_updated_at_trigger_are_ignored_and_the_idle_slot_ke
     );
     run.stop().await.expect("clean stop");
 }
+
+/// Waits until the consumer of `slot` has committed its initial snapshot in `target`.
+async fn wait_snapshot(target: &TestDb, slot: &str) {
+    target
+        .wait_count(
+            &format!("select count(*) from calendar_sync_progress where slot_name = '{slot}'"),
+            1,
+        )
+        .await;
+}
+
+/// Issue 9: a CRM role may call `pg_logical_emit_message` with calendar-sync's
+/// prefix, but that does not make its transaction calendar-sync's: the archive
+/// and the delete reach the calendar, and the consumer says what it saw. The
+/// role cannot write `calendar_sync_echo`, not even through default privileges
+/// that grant it every new table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crm_transaction_carrying_the_marker_first_is_still_applied() {
+    use std::process::{Command, Stdio};
+    let db = TestDb::crm().await;
+    let crm = format!("{}_crm", db.name);
+    db.client
+        .batch_execute(&format!(
+            "create role {crm};
+             grant select, insert, update, delete on all tables in schema public to {crm};
+             alter default privileges in schema public grant all on tables to {crm};"
+        ))
+        .await
+        .expect("crm role");
+    db.migrate().await;
+    let log = std::env::temp_dir().join(format!("calendar-sync-forged-{}.log", db.name));
+    let stderr = std::fs::File::create(&log).expect("log file");
+    let mut child = crate::process::spawn_run(&db, &[], Stdio::from(stderr));
+    wait_streaming(&db).await;
+    let archived = db.insert("Archived by a forger", "now()", "").await;
+    let deleted = db.insert("Deleted by a forger", "now()", "").await;
+    db.wait_count(
+        "select count(*) from calendar_events where event_status = 'scheduled'",
+        2,
+    )
+    .await;
+
+    let user = connect(&db.url).await;
+    user.batch_execute(&format!("set role {crm}"))
+        .await
+        .expect("set role");
+    user.batch_execute(&format!(
+        "begin;
+         select pg_logical_emit_message(true, 'calendar_sync.echo', 'x');
+         update interaction set archived = true where interaction_id = '{archived}';
+         delete from interaction where interaction_id = '{deleted}';
+         commit;"
+    ))
+    .await
+    .expect("the forged transaction");
+    db.barrier().await;
+    let status: Option<String> = db.event(archived).await.map(|r| r.get("event_status"));
+    let gone = db.event(deleted).await.is_none();
+    let denied = user
+        .execute(
+            "insert into calendar_sync_echo (xid, slot) values (pg_current_xact_id(), 'x')",
+            &[],
+        )
+        .await
+        .err()
+        .and_then(|e| e.code().map(|c| c.code().to_string()));
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        status.as_deref(),
+        Some("cancelled"),
+        "the archive reached the calendar"
+    );
+    assert!(gone, "the delete reached the calendar");
+    assert_eq!(
+        denied.as_deref(),
+        Some("42501"),
+        "a CRM role cannot write calendar_sync_echo"
+    );
+    assert!(
+        stderr.contains("carried calendar-sync's echo marker but is not calendar-sync's"),
+        "a warning names the forged marker: {stderr}"
+    );
+    let _ = std::fs::remove_file(&log);
+}
+
+/// A marker emitted after the changes (the consumer may already have applied
+/// them when it sees it) hides nothing either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crm_transaction_carrying_the_marker_last_is_still_applied() {
+    let db = TestDb::crm().await;
+    db.migrate().await;
+    let run = Running::start(db.config());
+    wait_streaming(&db).await;
+    let archived = db.insert("Archived, marker last", "now()", "").await;
+    let deleted = db.insert("Deleted, marker last", "now()", "").await;
+    db.wait_count(
+        "select count(*) from calendar_events where event_status = 'scheduled'",
+        2,
+    )
+    .await;
+    db.client
+        .batch_execute(&format!(
+            "begin;
+             update interaction set archived = true where interaction_id = '{archived}';
+             delete from interaction where interaction_id = '{deleted}';
+             select pg_logical_emit_message(true, 'calendar_sync.echo', 'x');
+             commit;"
+        ))
+        .await
+        .expect("the forged transaction");
+    db.barrier().await;
+    let status: Option<String> = db.event(archived).await.map(|r| r.get("event_status"));
+    assert_eq!(status.as_deref(), Some("cancelled"));
+    assert!(db.event(deleted).await.is_none(), "the delete was applied");
+    run.stop().await.expect("clean stop");
+}
+
+/// Two consumers of one database (two slots, each with its own target) both
+/// stamp `calendar_synced_at`; each ignores the other's stamps, so neither
+/// loops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_consumers_on_one_database_never_echo_each_other() {
+    use calendar_sync::config::SecretUrl;
+    let source = TestDb::crm().await;
+    let (ta, tb) = (TestDb::empty().await, TestDb::empty().await);
+    let mut a = source.config();
+    a.target_url = Some(SecretUrl::new(ta.url.clone()));
+    let mut b = source.config();
+    b.slot = format!("{}_b", source.name);
+    b.target_url = Some(SecretUrl::new(tb.url.clone()));
+    let (slot_a, slot_b) = (a.slot.clone(), b.slot.clone());
+    calendar_sync::migrate::migrate(&a)
+        .await
+        .expect("migrate a");
+    calendar_sync::migrate::migrate(&b)
+        .await
+        .expect("migrate b");
+    let ra = Running::start(a);
+    let rb = Running::start(b);
+    wait_snapshot(&ta, &slot_a).await;
+    wait_snapshot(&tb, &slot_b).await;
+    let id = source.insert("Seen twice", "now()", "").await;
+    for t in [&ta, &tb] {
+        t.wait_count(
+            &format!("select count(*) from calendar_sync_log where interaction_id = '{id}'"),
+            1,
+        )
+        .await;
+    }
+    source
+        .wait_count(
+            &format!("select count(*) from interaction where interaction_id = '{id}' and calendar_synced_at is not null"),
+            1,
+        )
+        .await;
+    let settle = || async {
+        source.barrier_for(&ta.client, &slot_a).await;
+        source.barrier_for(&tb.client, &slot_b).await;
+    };
+    settle().await;
+    let stamp = || async {
+        source
+            .client
+            .query_one(
+                "select calendar_synced_at, updated_at from interaction where interaction_id = $1",
+                &[&id],
+            )
+            .await
+            .expect("stamp")
+            .get::<_, chrono::DateTime<chrono::Utc>>(0)
+    };
+    let stamped = stamp().await;
+    // With an echo between the two, each stamp is an update for the other
+    // (the trigger moved updated_at), which stamps again, and so on.
+    settle().await;
+    settle().await;
+    assert_eq!(stamp().await, stamped, "not stamped again");
+    for t in [&ta, &tb] {
+        assert_eq!(
+            t.count("select count(*) from calendar_sync_log").await,
+            1,
+            "only the create is logged"
+        );
+    }
+    ra.stop().await.expect("clean stop a");
+    rb.stop().await.expect("clean stop b");
+}
+
+/// The echo check's SQL on its own: the 32-bit Begin xid finds exactly the
+/// transaction that wrote the row, and pruning keeps every row a logical slot
+/// of the database may still need (its `restart_lsn` at or below the row's
+/// `lsn`) and deletes only rows below every slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_echo_check_finds_only_our_xid_and_prunes_behind_every_slot() {
+    use calendar_sync::stream::echo::EchoCheck;
+    let db = TestDb::crm().await;
+    db.migrate().await;
+    let check = EchoCheck::prepare(&db.client).await.expect("prepare");
+    db.client.batch_execute("begin").await.expect("begin");
+    let row = db
+        .client
+        .query_one(
+            calendar_sync::apply::sql::ECHO_MARKER,
+            &[&"calendar_sync.echo", &"test"],
+        )
+        .await
+        .expect("marker");
+    db.client.batch_execute("commit").await.expect("commit");
+    let xid: i64 = row.get::<_, String>(0).parse().expect("xid8 as text");
+    let low = (xid % (1 << 32)) as u32;
+    assert!(check.is_ours(&db.client, low).await.expect("lookup"));
+    assert!(!check
+        .is_ours(&db.client, low.wrapping_add(1))
+        .await
+        .expect("lookup"));
+    assert!(!check
+        .is_ours(&db.client, low.wrapping_sub(1))
+        .await
+        .expect("lookup"));
+    // The row's lsn is the marker's: at or below the WAL position now.
+    let now = pg_current_lsn(&db.client).await;
+    assert_eq!(
+        db.count(&format!(
+            "select count(*) from calendar_sync_echo where lsn <= '{now}'::pg_lsn"
+        ))
+        .await,
+        1
+    );
+
+    // No logical slot in this database: nothing is pruned.
+    assert_eq!(check.prune(&db.client).await.expect("prune"), 0);
+    db.client
+        .execute(
+            "select pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&db.name],
+        )
+        .await
+        .expect("slot");
+    db.client
+        .batch_execute(
+            "insert into calendar_sync_echo (xid, slot, lsn) values ('1', 'old', '0/1'), ('2', 'new', 'FFFFFFFF/0')",
+        )
+        .await
+        .expect("rows");
+    // The slot's restart_lsn is past the old row and the marked transaction
+    // (it committed before the slot existed), not past the new row.
+    assert_eq!(check.prune(&db.client).await.expect("prune"), 2);
+    let left: Vec<String> = db
+        .client
+        .query("select slot from calendar_sync_echo", &[])
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, ["new"]);
+    db.client
+        .execute("select pg_drop_replication_slot($1)", &[&db.name])
+        .await
+        .expect("drop slot");
+}

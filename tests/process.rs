@@ -50,11 +50,11 @@ async fn migrate_is_idempotent() {
             );
         }
     }
-    // One source and two target migrations, each recorded once.
+    // Two source and two target migrations, each recorded once.
     assert_eq!(
         db.count("select count(*) from calendar_sync_schema_migrations")
             .await,
-        3
+        4
     );
     // No slot: `migrate` never creates it.
     assert_eq!(

@@ -37,9 +37,12 @@
 //! # Echo
 //!
 //! Writing `interaction.calendar_synced_at` feeds the stream back to itself. Every
-//! transaction of ours that writes to the source starts with a transactional
-//! logical message (`pg_logical_emit_message(true, ECHO_PREFIX, slot)`); the
-//! stream ignores every transaction that carries it.
+//! transaction of ours that writes to the source starts with [`sql::ECHO_MARKER`]:
+//! a transactional logical message (`pg_logical_emit_message(true, ECHO_PREFIX,
+//! slot)`) and our transaction id in `calendar_sync_echo`, in one statement.
+//! The stream ignores a transaction only when it carries the message first and
+//! its id is in that table (`stream::echo`): any role may emit the message, but
+//! only calendar-sync's may write the table.
 
 mod event;
 mod party;
@@ -134,7 +137,6 @@ pub struct Writer {
     slot: String,
     window: chrono::Duration,
     tz: chrono_tz::Tz,
-    same_db: bool,
     write_synced_at: bool,
     limits: BatchLimits,
     batch: Option<Batch>,
@@ -162,7 +164,7 @@ impl Writer {
                 "preparing target statements (has `calendar-sync migrate` run?)",
             ))?;
         let s = sql::prepare_source(&source).await.map_err(db(
-            "preparing source statements (are customer and contact as configured?)",
+            "preparing source statements (has `calendar-sync migrate` run? are customer and contact as configured?)",
         ))?;
         Ok(Writer {
             target,
@@ -172,7 +174,6 @@ impl Writer {
             slot: cfg.slot.clone(),
             window: cfg.window,
             tz: cfg.timezone,
-            same_db,
             write_synced_at: cfg.write_synced_at,
             limits: cfg.batch,
             batch: None,
@@ -286,11 +287,11 @@ impl Writer {
             .await
             .map_err(db("beginning the target transaction"))?;
         b.open = true;
-        if self.same_db && self.write_synced_at {
+        if let Some(marker) = &self.t.emit_echo_marker {
             self.target
-                .query_one(&self.t.emit_echo_marker, &[&ECHO_PREFIX, &self.slot])
+                .query_one(marker, &[&ECHO_PREFIX, &self.slot])
                 .await
-                .map_err(db("marking the target transaction as calendar-sync's own"))?;
+                .map_err(db("marking the target transaction as calendar-sync's own (calendar_sync_echo; has `calendar-sync migrate` run, and may this role insert into calendar_sync_echo?)"))?;
         }
         Ok(())
     }

@@ -152,8 +152,19 @@ const MARK_SYNCED: &str = "update interaction set calendar_synced_at = now()
                             where interaction_id = any($1)
                             order by interaction_id for update skip locked)";
 
-/// The transactional logical message that marks a transaction as ours (echo).
-const EMIT_ECHO_MARKER: &str = "select pg_logical_emit_message(true, $1, $2)::text";
+/// Marks the current transaction as calendar-sync's own (`$1` the prefix, `$2`
+/// the slot), in one statement: the transactional logical message the stream
+/// sees, and this transaction's id in `calendar_sync_echo`, which only
+/// calendar-sync's role may write (migrations/source/0002). The stream ignores
+/// a transaction only when both are there (`stream::echo`).
+///
+/// Must be the transaction's first statement: the stream takes a marker that
+/// follows a change for a forgery (calendar-sync's never do), and the row's
+/// `lsn` (the message's, so at the start of the transaction) is what pruning
+/// compares with the slots' `restart_lsn`. Returns the xid (text).
+pub const ECHO_MARKER: &str = "insert into calendar_sync_echo (xid, slot, lsn)
+     values (pg_current_xact_id(), $2::text, pg_logical_emit_message(true, $1::text, $2::text))
+     returning xid::text";
 
 /// Live descriptions of `$1 uuid[]` (TOAST, see `apply::plan`).
 const SELECT_DESCRIPTIONS: &str =
@@ -181,7 +192,8 @@ pub struct TargetStatements {
     pub forget_event_lsns: Statement,
     /// Same-database mode only: stamps inside the target transaction.
     pub mark_synced: Option<Statement>,
-    pub emit_echo_marker: Statement,
+    /// Same-database mode only (with `mark_synced`): see [`ECHO_MARKER`].
+    pub emit_echo_marker: Option<Statement>,
 }
 
 /// Statements on the source (lookup) connection.
@@ -219,7 +231,11 @@ pub async fn prepare_target(
         } else {
             None
         },
-        emit_echo_marker: c.prepare(EMIT_ECHO_MARKER).await?,
+        emit_echo_marker: if same_db {
+            Some(c.prepare(ECHO_MARKER).await?)
+        } else {
+            None
+        },
     })
 }
 
@@ -227,7 +243,7 @@ pub async fn prepare_source(c: &Client) -> Result<SourceStatements, tokio_postgr
     Ok(SourceStatements {
         select_descriptions: c.prepare(SELECT_DESCRIPTIONS).await?,
         mark_synced: c.prepare(MARK_SYNCED).await?,
-        emit_echo_marker: c.prepare(EMIT_ECHO_MARKER).await?,
+        emit_echo_marker: c.prepare(ECHO_MARKER).await?,
     })
 }
 

@@ -29,7 +29,8 @@ use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::pgoutput::{self, Message};
 use crate::stream::client;
-use crate::txn::Framer;
+use crate::stream::echo::EchoCheck;
+use crate::txn::{Framer, Marker};
 
 /// Set to `true` to stop: the loop rolls back an open batch, sends a final
 /// status update and returns `Ok`.
@@ -119,6 +120,7 @@ async fn session(
         ));
     }
     let mut writer = Writer::new(cfg, target, lookups, metrics.clone()).await?;
+    let echo = EchoCheck::prepare(&source).await?;
 
     let (mut repl, progress) = match (stored, slot) {
         (Some(progress), Some(slot)) => {
@@ -171,6 +173,7 @@ async fn session(
         repl,
         writer,
         source,
+        echo,
         metrics: metrics.clone(),
         progress,
         acked: Lsn::ZERO,
@@ -215,8 +218,9 @@ struct Streamer<'a> {
     cfg: &'a Config,
     repl: ReplicationClient,
     writer: Writer,
-    /// For periodic checks of the publication.
+    /// For periodic checks of the publication and the echo check.
     source: tokio_postgres::Client,
+    echo: EchoCheck,
     metrics: Metrics,
     /// End LSN of the last source transaction applied (or known to need nothing).
     progress: Lsn,
@@ -326,6 +330,10 @@ impl Streamer<'_> {
         self.metrics.set_lag(behind, seconds);
         if check_publication {
             client::check_publication(&self.source, self.cfg).await?;
+            let pruned = self.echo.prune(&self.source).await?;
+            if pruned > 0 {
+                tracing::debug!(rows = pruned, "pruned calendar_sync_echo");
+            }
         }
         Ok(())
     }
@@ -335,13 +343,14 @@ impl Streamer<'_> {
         match event {
             ReplicationEvent::Begin {
                 final_lsn,
+                xid,
                 commit_time_micros,
-                ..
             } => {
                 let t = self
                     .framer
                     .begin(
                         Lsn::from(final_lsn),
+                        xid,
                         pg_time(commit_time_micros),
                         self.progress,
                     )
@@ -354,7 +363,7 @@ impl Streamer<'_> {
                 transactional: true,
                 prefix,
                 ..
-            } => self.framer.message(prefix == ECHO_PREFIX),
+            } if prefix == ECHO_PREFIX => self.echo_marker().await?,
             ReplicationEvent::Message { .. } => {}
             ReplicationEvent::XLogData { data, .. } => {
                 let msg = pgoutput::parse(&data).map_err(|e| fatal_stream(&e))?;
@@ -416,6 +425,26 @@ impl Streamer<'_> {
             .map_err(|e| fatal_schema(&e, &self.cfg.slot))?
         {
             self.writer.push(lsn, ts, change).await?;
+        }
+        Ok(())
+    }
+
+    /// The echo marker: the transaction is ignored only if it is verified as
+    /// calendar-sync's (see `txn` and `stream::echo`).
+    async fn echo_marker(&mut self) -> Result<(), SyncError> {
+        let commit_lsn = self.framer.current().map_or(Lsn::ZERO, |t| t.final_lsn);
+        match self.framer.marker() {
+            Marker::Verify { xid } => {
+                let own = self.echo.is_ours(&self.source, xid).await?;
+                self.framer.verified(own);
+                if !own {
+                    tracing::warn!(xid, %commit_lsn, "a transaction carried calendar-sync's echo marker but is not calendar-sync's (its id is not in calendar_sync_echo): applied like any other; some session calls pg_logical_emit_message with the prefix calendar_sync.echo");
+                }
+            }
+            Marker::Late { xid } => {
+                tracing::warn!(xid, %commit_lsn, "a transaction carried calendar-sync's echo marker but is not calendar-sync's (the marker followed its changes; ours is always first): applied like any other; some session calls pg_logical_emit_message with the prefix calendar_sync.echo");
+            }
+            Marker::Ignore => {}
         }
         Ok(())
     }
