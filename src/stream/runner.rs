@@ -94,7 +94,7 @@ async fn session(
     let source = db::connect(&cfg.source_url, "source").await?;
     let lookups = db::connect(&cfg.source_url, "source").await?;
     let stored = client::stored_progress(&target, &cfg.slot).await?;
-    client::preflight(&source, cfg).await?;
+    let tracked = client::preflight(&source, cfg).await?;
     client::lock_slot(&source, &cfg.slot).await?;
     let slot = client::slot_info(&source, &cfg.slot).await?;
     if let Some(s) = slot.as_ref().filter(|s| !s.this_database) {
@@ -175,7 +175,7 @@ async fn session(
         progress,
         acked: Lsn::ZERO,
         framer: Framer::new(),
-        relations: RelationCache::new(cfg.participants.clone()),
+        relations: RelationCache::new(cfg.participants.clone(), tracked),
         last_commit_ts: None,
     };
     let result = s.run(shutdown, progressed).await;
@@ -233,6 +233,12 @@ struct Streamer<'a> {
 /// and snapshot.
 fn fatal_schema(e: &StreamError, slot: &str) -> SyncError {
     match e {
+        StreamError::Replaced { name, .. } => SyncError::fatal(
+            format!("replication stream: {e}"),
+            format!(
+                "nothing of this transaction was applied; calendar-sync follows a table by identity and will not guess which of the two holds the data: make sure the table now named {name} is in the publication, then drop the slot (select pg_drop_replication_slot('{slot}')) and `delete from calendar_sync_progress where slot_name = '{slot}'` in the target, and start again to take a new snapshot"
+            ),
+        ),
         StreamError::Schema(_) => SyncError::fatal(
             format!("replication stream: {e}"),
             format!(
@@ -284,7 +290,7 @@ impl Streamer<'_> {
     }
 
     /// Between transactions: retry due failures, refresh gauges, and now and
-    /// then make sure the publication still publishes interaction.
+    /// then make sure the publication still holds the tracked tables.
     async fn tick(&mut self, check_publication: bool) -> Result<(), SyncError> {
         self.applier.retry_due(self.progress).await?;
         self.metrics
@@ -297,7 +303,7 @@ impl Streamer<'_> {
         };
         self.metrics.set_lag(behind, seconds);
         if check_publication {
-            client::check_publication(&self.source, self.cfg).await?;
+            client::check_publication(&self.source, self.cfg, self.relations.tracked()).await?;
         }
         Ok(())
     }
