@@ -43,6 +43,17 @@ async fn title(db: &TestDb, id: Uuid) -> Option<String> {
     db.event(id).await.map(|e| e.get("title"))
 }
 
+/// The slot's confirmed_flush_lsn is below `lsn`.
+async fn confirmed_below(db: &TestDb, lsn: &str) -> bool {
+    db.count(&format!(
+        "select count(*) from pg_replication_slots
+          where slot_name = '{}' and confirmed_flush_lsn < '{lsn}'::pg_lsn",
+        db.name
+    ))
+    .await
+        == 1
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renaming_interaction_and_back_loses_no_change_live_or_replayed() {
     let (db, run) = started().await;
@@ -155,8 +166,79 @@ async fn a_same_named_table_in_another_schema_is_never_ours_even_when_truncated(
     run.stop().await.expect("clean stop");
 }
 
-/// A table swapped in under the name interaction while calendar-sync is
-/// down, with changes of the old table still to be replayed: at the next start interaction resolves to the new
+/// `ALTER PUBLICATION .. DROP TABLE interaction` leaves no trace in the
+/// stream. The error must come before anything after it is acknowledged (the
+/// periodic check alone let keepalive and commit acknowledgements pass it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_interaction_from_the_publication_is_fatal_before_anything_after_it_is_acknowledged()
+{
+    let (db, mut run) = started().await;
+    let a = db.insert("A", "now()", "").await;
+    db.wait_count(&log_rows(a, "create"), 1).await;
+
+    db.client
+        .batch_execute(&format!(
+            "alter publication {} drop table interaction",
+            db.name
+        ))
+        .await
+        .expect("drop interaction from the publication");
+    let after = pg_current_lsn(&db.client).await;
+    // A streamed transaction after it (customer is still published).
+    db.client
+        .execute(
+            &format!("update customer set name = 'Acme Ltd' where customer_id = '{CUSTOMER}'"),
+            &[],
+        )
+        .await
+        .expect("customer update");
+    let (message, hint) = fatal_of(&mut run, Duration::from_secs(20)).await;
+    assert!(
+        message.contains(&format!("publication {}", db.name)) && message.contains("interaction"),
+        "{message}"
+    );
+    assert!(hint.contains("ADD TABLE interaction"), "{hint}");
+    assert!(
+        confirmed_below(&db, &after).await,
+        "nothing at or after the ALTER PUBLICATION ({after}) was acknowledged"
+    );
+}
+
+/// A CRM migration that swaps in a new table under the name interaction,
+/// while calendar-sync runs: it follows the old table by identity, so it must
+/// notice that the name now means another table instead of going on with a
+/// table nobody writes to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_table_taking_the_name_interaction_is_fatal_before_anything_after_it_is_acknowledged(
+) {
+    let (db, mut run) = started().await;
+    let a = db.insert("A", "now()", "").await;
+    db.wait_count(&log_rows(a, "create"), 1).await;
+
+    db.client
+        .batch_execute(
+            "begin;
+             alter table interaction rename to interaction_old;
+             create table interaction (like interaction_old including all);
+             commit;",
+        )
+        .await
+        .expect("swap");
+    let after = pg_current_lsn(&db.client).await;
+    let (message, hint) = fatal_of(&mut run, Duration::from_secs(20)).await;
+    assert!(
+        message.contains("interaction now names another table"),
+        "{message}"
+    );
+    assert!(hint.contains("pg_drop_replication_slot"), "{hint}");
+    assert!(
+        confirmed_below(&db, &after).await,
+        "nothing at or after the swap ({after}) was acknowledged"
+    );
+}
+
+/// The same swap while calendar-sync is down, with changes of the old table
+/// still to be replayed: at the next start interaction resolves to the new
 /// table, and the old one's changes (decoded under the name interaction)
 /// must not be dropped as "another table".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

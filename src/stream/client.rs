@@ -448,10 +448,11 @@ async fn resolve_table(source: &Client, table: &str) -> Result<TableId, SyncErro
 
 /// The publication exists and holds the tracked tables, by OID (a renamed one
 /// still counts), and no configured name now names another table than the
-/// tracked one. Run at start and every ~30 s while streaming: `ALTER
-/// PUBLICATION .. DROP TABLE`, or `ALTER TABLE .. DROP COLUMN .. CASCADE` of a
-/// listed column, takes a table out of the publication without a trace in the
-/// stream, after which its changes would silently stop arriving.
+/// tracked one. Run at start and before every acknowledgement (see the
+/// runner's module docs): `ALTER PUBLICATION .. DROP TABLE`, or `ALTER TABLE ..
+/// DROP COLUMN .. CASCADE` of a listed column, takes a table out of the
+/// publication without a trace in the stream, after which its changes would
+/// silently stop arriving.
 pub async fn check_publication(
     source: &Client,
     cfg: &Config,

@@ -13,6 +13,15 @@
 //!   filtered slot otherwise pins WAL: Materialize #14694, readyset #263). The
 //!   same reasoning is in Materialize's `replication.rs` and pg_walstream's
 //!   `stream.rs`.
+//!
+//! Each of these is reported only after a publication check that began after
+//! the LSN was received has passed (`release_acks`, at every tick between
+//! transactions and at a clean stop). A table leaving the publication
+//! (`ALTER PUBLICATION .. DROP TABLE`, `DROP COLUMN .. CASCADE`) or another
+//! table taking a tracked name leaves no trace in the stream; checked this
+//! way, it stops the session before anything written after it is
+//! acknowledged. Holding an acknowledgement back for a tick costs nothing: the
+//! status update is sent every `status_interval` anyway.
 
 use std::time::Duration;
 
@@ -174,6 +183,7 @@ async fn session(
         metrics: metrics.clone(),
         progress,
         acked: Lsn::ZERO,
+        ackable: Lsn::ZERO,
         framer: Framer::new(),
         relations: RelationCache::new(cfg.participants.clone(), tracked),
         last_commit_ts: None,
@@ -186,6 +196,12 @@ async fn session(
     if result.is_err() {
         s.repl.abort();
         return result;
+    }
+    // Bounded: SIGTERM is answered within seconds even when the source hangs.
+    match tokio::time::timeout(Duration::from_secs(3), s.release_acks()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "stopping without reporting the last applied transactions: the publication check failed; they are replayed (and skipped) on the next start"),
+        Err(_) => tracing::warn!("stopping without reporting the last applied transactions: the publication check did not answer within 3 s; they are replayed (and skipped) on the next start"),
     }
     finish(&mut s.repl, cfg, s.acked).await;
     result
@@ -207,7 +223,8 @@ async fn finish(repl: &mut ReplicationClient, cfg: &Config, acked: Lsn) {
 /// How often, between transactions, due failures are retried and the lag
 /// metrics refreshed.
 const TICK: Duration = Duration::from_secs(2);
-/// Every this many ticks the publication is checked (see `check_publication`).
+/// Every this many ticks the publication is checked even when there is
+/// nothing to acknowledge (otherwise it is checked at every acknowledgement).
 const PUBLICATION_CHECK_TICKS: u32 = 15;
 
 /// One streaming session's state.
@@ -222,6 +239,8 @@ struct Streamer<'a> {
     progress: Lsn,
     /// Highest LSN reported to the server as flushed.
     acked: Lsn,
+    /// Highest LSN that may be reported, once the publication is checked.
+    ackable: Lsn,
     framer: Framer,
     relations: RelationCache,
     last_commit_ts: Option<DateTime<Utc>>,
@@ -289,8 +308,9 @@ impl Streamer<'_> {
         }
     }
 
-    /// Between transactions: retry due failures, refresh gauges, and now and
-    /// then make sure the publication still holds the tracked tables.
+    /// Between transactions: retry due failures, refresh gauges, and report
+    /// what may be reported after a publication check (also run now and then
+    /// when there is nothing to report).
     async fn tick(&mut self, check_publication: bool) -> Result<(), SyncError> {
         self.applier.retry_due(self.progress).await?;
         self.metrics
@@ -302,7 +322,9 @@ impl Streamer<'_> {
             (_, Some(ts)) => (Utc::now() - ts).num_milliseconds().max(0) as f64 / 1000.0,
         };
         self.metrics.set_lag(behind, seconds);
-        if check_publication {
+        if self.ackable > self.acked {
+            self.release_acks().await?;
+        } else if check_publication {
             client::check_publication(&self.source, self.cfg, self.relations.tracked()).await?;
         }
         Ok(())
@@ -400,10 +422,23 @@ impl Streamer<'_> {
         Ok(())
     }
 
-    /// Reports `lsn` as flushed (monotonic; see the module docs for when).
+    /// Marks `lsn` as safe to report as flushed; `release_acks` reports it
+    /// (monotonic; see the module docs for when).
     fn ack(&mut self, lsn: Lsn) {
-        self.acked = self.acked.max(lsn);
-        self.repl.update_applied_lsn(lsn.into());
+        self.ackable = self.ackable.max(lsn);
+    }
+
+    /// Reports what `ack` marked, once the publication check, begun after all
+    /// of it was received, has passed.
+    async fn release_acks(&mut self) -> Result<(), SyncError> {
+        let upto = self.ackable;
+        if upto <= self.acked {
+            return Ok(());
+        }
+        client::check_publication(&self.source, self.cfg, self.relations.tracked()).await?;
+        self.acked = upto;
+        self.repl.update_applied_lsn(upto.into());
+        Ok(())
     }
 }
 
