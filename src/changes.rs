@@ -5,6 +5,23 @@
 //! PostgreSQL's `pgoutput.c`, `maybe_send_schema`). Columns are found by name
 //! on every Relation message, so an added or dropped unmapped column changes
 //! nothing, while a missing or retyped mapped one is a clear error.
+//!
+//! # Tables by identity
+//!
+//! interaction, customer and contact are recognised by relation id (the OID
+//! every pgoutput message carries), resolved schema-qualified from the catalog
+//! when the session starts ([`TrackedTables`]), never by bare name:
+//! - A tracked OID is ours whatever its Relation message calls it: logical
+//!   decoding names a table as the catalog did when the change was written
+//!   (a replay after `ALTER TABLE interaction RENAME TO ..` still says the old
+//!   name), but a rename keeps the OID, so a rename (and back) is followed,
+//!   live and on replay.
+//! - Any other OID is not ours, even when named `interaction`: a same-named
+//!   table in another schema that is in the publication is ignored.
+//! - An untracked OID under a tracked table's schema-qualified name means that
+//!   name now belongs to another table than the one tracked (dropped and
+//!   re-created, or swapped): an error, since the changes of one of the two
+//!   would otherwise be lost without a word ([`StreamError::Replaced`]).
 
 use std::collections::HashMap;
 
@@ -62,6 +79,15 @@ pub enum StreamError {
         expected: usize,
         found: usize,
     },
+    #[error(
+        "the stream has {schema}.{name} as relation id {found}, but calendar-sync tracks {schema}.{name} as relation id {tracked}: the table was dropped and re-created, or swapped for another"
+    )]
+    Replaced {
+        schema: String,
+        name: String,
+        tracked: RelationId,
+        found: RelationId,
+    },
     #[error("{table}.{column}: expected {expected} in a key, got {found:?}")]
     BadKey {
         table: String,
@@ -85,10 +111,46 @@ enum TableMap {
     Other,
 }
 
+/// One source table calendar-sync reads, by identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableId {
+    /// `pg_class.oid`: what pgoutput messages refer to; kept across renames.
+    pub oid: RelationId,
+    /// Schema and table name when the session resolved it.
+    pub schema: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for TableId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}.{} (relation id {})",
+            self.schema, self.name, self.oid
+        )
+    }
+}
+
+/// interaction, customer and contact as resolved at session start (see the
+/// module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackedTables {
+    pub interaction: TableId,
+    pub customer: TableId,
+    pub contact: TableId,
+}
+
+impl TrackedTables {
+    pub fn iter(&self) -> impl Iterator<Item = &TableId> {
+        [&self.interaction, &self.customer, &self.contact].into_iter()
+    }
+}
+
 /// Relation id -> how to read that table's tuples.
 #[derive(Debug, Clone)]
 pub struct RelationCache {
     schema: ParticipantSchema,
+    tracked: TrackedTables,
     tables: HashMap<RelationId, TableMap>,
 }
 
@@ -103,19 +165,27 @@ fn position(rel: &Relation, column: &str) -> Result<usize, SchemaError> {
 }
 
 impl RelationCache {
-    pub fn new(schema: ParticipantSchema) -> Self {
+    pub fn new(schema: ParticipantSchema, tracked: TrackedTables) -> Self {
         RelationCache {
             schema,
+            tracked,
             tables: HashMap::new(),
         }
     }
 
-    /// Learns (or re-learns after DDL) a table's columns.
+    /// The tables this cache maps, by identity.
+    pub fn tracked(&self) -> &TrackedTables {
+        &self.tracked
+    }
+
+    /// Learns (or re-learns after DDL) a table's columns. Matches by relation
+    /// id only; the name in `rel` may be a historic one (see the module docs).
     pub fn on_relation(&mut self, rel: &Relation) -> Result<(), StreamError> {
         let s = &self.schema;
-        let map = if rel.name == "interaction" {
+        let t = &self.tracked;
+        let map = if rel.id == t.interaction.oid {
             TableMap::Interaction(InteractionColumns::from_relation(rel)?)
-        } else if rel.name == s.customer_table {
+        } else if rel.id == t.customer.oid {
             TableMap::Party {
                 party: Party::Customer,
                 id: position(rel, &s.customer_id)?,
@@ -124,7 +194,7 @@ impl RelationCache {
                 id_column: s.customer_id.clone(),
                 width: rel.columns.len(),
             }
-        } else if rel.name == s.contact_table {
+        } else if rel.id == t.contact.oid {
             TableMap::Party {
                 party: Party::Contact,
                 id: position(rel, &s.contact_id)?,
@@ -137,6 +207,16 @@ impl RelationCache {
                 id_column: s.contact_id.clone(),
                 width: rel.columns.len(),
             }
+        } else if let Some(ours) = t
+            .iter()
+            .find(|o| o.schema == rel.namespace && o.name == rel.name)
+        {
+            return Err(StreamError::Replaced {
+                schema: ours.schema.clone(),
+                name: ours.name.clone(),
+                tracked: ours.oid,
+                found: rel.id,
+            });
         } else {
             TableMap::Other
         };
@@ -325,8 +405,20 @@ mod tests {
     use crate::mapping::interaction::MAPPED_COLUMNS;
     use crate::test_utils::pgoutput as b;
 
-    fn cache() -> RelationCache {
-        let mut c = RelationCache::new(ParticipantSchema::default());
+    fn tracked() -> TrackedTables {
+        let id = |oid, name: &str| TableId {
+            oid,
+            schema: "public".into(),
+            name: name.into(),
+        };
+        TrackedTables {
+            interaction: id(10, "interaction"),
+            customer: id(11, "customer"),
+            contact: id(12, "contact"),
+        }
+    }
+
+    fn interaction_columns() -> Vec<(&'static str, u32, bool)> {
         let mut cols: Vec<(&str, u32, bool)> = vec![("private_notes", 1043, false)];
         let oid = |n: &str| match n {
             "interaction_id" | "customer_id" | "contact_id" | "created_by" | "updated_by" => 2950,
@@ -340,6 +432,19 @@ mod tests {
                 .iter()
                 .map(|n| (*n, oid(n), *n == "interaction_id")),
         );
+        cols
+    }
+
+    fn relation(c: &mut RelationCache, bytes: bytes::Bytes) -> Result<(), StreamError> {
+        let Ok(Message::Relation(r)) = crate::pgoutput::parse(&bytes) else {
+            panic!("relation")
+        };
+        c.on_relation(&r)
+    }
+
+    fn cache() -> RelationCache {
+        let mut c = RelationCache::new(ParticipantSchema::default(), tracked());
+        let cols = interaction_columns();
         for bytes in [
             b::relation(10, "public", "interaction", b'd', &cols),
             b::relation(
@@ -363,10 +468,7 @@ mod tests {
             ),
             b::relation(13, "public", "unrelated", b'd', &[("id", 23, true)]),
         ] {
-            let Ok(Message::Relation(r)) = crate::pgoutput::parse(&bytes) else {
-                panic!("relation")
-            };
-            c.on_relation(&r).expect("mappable");
+            relation(&mut c, bytes).expect("mappable");
         }
         c
     }
@@ -495,5 +597,90 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_tracked_table_under_another_name_is_still_ours() {
+        // A replay after `ALTER TABLE interaction RENAME TO ..` names the table
+        // as it was called then; the relation id stays.
+        let mut c = cache();
+        relation(
+            &mut c,
+            b::relation(10, "public", "interaction_v2", b'd', &interaction_columns()),
+        )
+        .expect("a renamed interaction is still interaction");
+        let id = Uuid::parse_str(ID).expect("uuid");
+        let msg = crate::pgoutput::parse(&b::insert(10, &interaction_values(ID))).expect("parse");
+        assert!(matches!(
+            &c.changes(&msg).expect("ok")[..],
+            [SourceChange::InteractionUpsert { id: i, .. }] if *i == id
+        ));
+        let msg = crate::pgoutput::parse(&b::truncate(0, &[10])).expect("parse");
+        assert_eq!(
+            c.changes(&msg).expect("ok"),
+            vec![SourceChange::InteractionTruncate]
+        );
+    }
+
+    #[test]
+    fn a_same_named_table_in_another_schema_is_never_ours() {
+        let mut c = cache();
+        relation(
+            &mut c,
+            b::relation(20, "staging", "interaction", b'd', &interaction_columns()),
+        )
+        .expect("not ours, not an error");
+        relation(
+            &mut c,
+            b::relation(
+                21,
+                "staging",
+                "customer",
+                b'd',
+                &[("customer_id", 2950, true)],
+            ),
+        )
+        .expect("not ours, not an error");
+        for bytes in [
+            b::insert(20, &interaction_values(ID)),
+            b::update(20, None, &interaction_values(ID)),
+            b::delete(20, b'K', &interaction_values(ID)),
+            b::truncate(0, &[20, 21]),
+            b::insert(21, &[b::text(ID)]),
+        ] {
+            let msg = crate::pgoutput::parse(&bytes).expect("parse");
+            assert_eq!(c.changes(&msg), Ok(vec![]), "{msg:?}");
+        }
+    }
+
+    #[test]
+    fn another_table_under_a_tracked_name_is_an_error_naming_both_ids() {
+        let mut c = cache();
+        assert_eq!(
+            relation(
+                &mut c,
+                b::relation(30, "public", "interaction", b'd', &interaction_columns()),
+            ),
+            Err(StreamError::Replaced {
+                schema: "public".into(),
+                name: "interaction".into(),
+                tracked: 10,
+                found: 30,
+            })
+        );
+        assert!(
+            matches!(
+                relation(
+                    &mut c,
+                    b::relation(31, "public", "contact", b'd', &[("contact_id", 2950, true)]),
+                ),
+                Err(StreamError::Replaced {
+                    tracked: 12,
+                    found: 31,
+                    ..
+                })
+            ),
+            "customer and contact too"
+        );
     }
 }

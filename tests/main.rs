@@ -13,6 +13,7 @@ mod idle;
 mod mapping;
 mod process;
 mod recovery;
+mod relations;
 mod schema_change;
 mod snapshot;
 mod streaming;

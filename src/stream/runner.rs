@@ -13,6 +13,15 @@
 //!   filtered slot otherwise pins WAL: Materialize #14694, readyset #263). The
 //!   same reasoning is in Materialize's `replication.rs` and pg_walstream's
 //!   `stream.rs`.
+//!
+//! Each of these is reported only after a publication check that began after
+//! the LSN was received has passed (`release_acks`, at every tick between
+//! transactions and at a clean stop). A table leaving the publication
+//! (`ALTER PUBLICATION .. DROP TABLE`, `DROP COLUMN .. CASCADE`) or another
+//! table taking a tracked name leaves no trace in the stream; checked this
+//! way, it stops the session before anything written after it is
+//! acknowledged. Holding an acknowledgement back for a tick costs nothing: the
+//! status update is sent every `status_interval` anyway.
 
 use std::time::Duration;
 
@@ -95,7 +104,7 @@ async fn session(
     let source = db::connect(&cfg.source_url, "source").await?;
     let lookups = db::connect(&cfg.source_url, "source").await?;
     let stored = client::stored_progress(&target, &cfg.slot).await?;
-    client::preflight(&source, cfg).await?;
+    let tracked = client::preflight(&source, cfg).await?;
     client::lock_slot(&source, &cfg.slot).await?;
     let slot = client::slot_info(&source, &cfg.slot).await?;
     if let Some(s) = slot.as_ref().filter(|s| !s.this_database) {
@@ -177,8 +186,9 @@ async fn session(
         metrics: metrics.clone(),
         progress,
         acked: Lsn::ZERO,
+        ackable: Lsn::ZERO,
         framer: Framer::new(),
-        relations: RelationCache::new(cfg.participants.clone()),
+        relations: RelationCache::new(cfg.participants.clone(), tracked),
         last_commit_ts: None,
     };
     let result = s.run(shutdown, progressed).await;
@@ -189,6 +199,12 @@ async fn session(
     if result.is_err() {
         s.repl.abort();
         return result;
+    }
+    // Bounded: SIGTERM is answered within seconds even when the source hangs.
+    match tokio::time::timeout(Duration::from_secs(3), s.release_acks()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "stopping without reporting the last applied transactions: the publication check failed; they are replayed (and skipped) on the next start"),
+        Err(_) => tracing::warn!("stopping without reporting the last applied transactions: the publication check did not answer within 3 s; they are replayed (and skipped) on the next start"),
     }
     finish(&mut s.repl, cfg, s.acked).await;
     result
@@ -210,7 +226,8 @@ async fn finish(repl: &mut ReplicationClient, cfg: &Config, acked: Lsn) {
 /// How often, between transactions, due failures are retried and the lag
 /// metrics refreshed.
 const TICK: Duration = Duration::from_secs(2);
-/// Every this many ticks the publication is checked (see `check_publication`).
+/// Every this many ticks the publication is checked even when there is
+/// nothing to acknowledge (otherwise it is checked at every acknowledgement).
 const PUBLICATION_CHECK_TICKS: u32 = 15;
 
 /// One streaming session's state.
@@ -226,6 +243,8 @@ struct Streamer<'a> {
     progress: Lsn,
     /// Highest LSN reported to the server as flushed.
     acked: Lsn,
+    /// Highest LSN that may be reported, once the publication is checked.
+    ackable: Lsn,
     framer: Framer,
     relations: RelationCache,
     last_commit_ts: Option<DateTime<Utc>>,
@@ -237,6 +256,12 @@ struct Streamer<'a> {
 /// and snapshot.
 fn fatal_schema(e: &StreamError, slot: &str) -> SyncError {
     match e {
+        StreamError::Replaced { name, .. } => SyncError::fatal(
+            format!("replication stream: {e}"),
+            format!(
+                "nothing of this transaction was applied; calendar-sync follows a table by identity and will not guess which of the two holds the data: make sure the table now named {name} is in the publication, then drop the slot (select pg_drop_replication_slot('{slot}')) and `delete from calendar_sync_progress where slot_name = '{slot}'` in the target, and start again to take a new snapshot"
+            ),
+        ),
         StreamError::Schema(_) => SyncError::fatal(
             format!("replication stream: {e}"),
             format!(
@@ -315,8 +340,9 @@ impl Streamer<'_> {
         Ok(committed.is_some())
     }
 
-    /// Between transactions: retry due failures, refresh gauges, and now and
-    /// then make sure the publication still publishes interaction.
+    /// Between transactions: retry due failures, refresh gauges, and report
+    /// what may be reported after a publication check (also run now and then
+    /// when there is nothing to report).
     async fn tick(&mut self, check_publication: bool) -> Result<(), SyncError> {
         self.writer.retry_due(&self.cfg.participants).await?;
         self.metrics
@@ -328,8 +354,12 @@ impl Streamer<'_> {
             (_, Some(ts)) => (Utc::now() - ts).num_milliseconds().max(0) as f64 / 1000.0,
         };
         self.metrics.set_lag(behind, seconds);
+        if self.ackable > self.acked {
+            self.release_acks().await?;
+        } else if check_publication {
+            client::check_publication(&self.source, self.cfg, self.relations.tracked()).await?;
+        }
         if check_publication {
-            client::check_publication(&self.source, self.cfg).await?;
             let pruned = self.echo.prune(&self.source).await?;
             if pruned > 0 {
                 tracing::debug!(rows = pruned, "pruned calendar_sync_echo");
@@ -449,10 +479,23 @@ impl Streamer<'_> {
         Ok(())
     }
 
-    /// Reports `lsn` as flushed (monotonic; see the module docs for when).
+    /// Marks `lsn` as safe to report as flushed; `release_acks` reports it
+    /// (monotonic; see the module docs for when).
     fn ack(&mut self, lsn: Lsn) {
-        self.acked = self.acked.max(lsn);
-        self.repl.update_applied_lsn(lsn.into());
+        self.ackable = self.ackable.max(lsn);
+    }
+
+    /// Reports what `ack` marked, once the publication check, begun after all
+    /// of it was received, has passed.
+    async fn release_acks(&mut self) -> Result<(), SyncError> {
+        let upto = self.ackable;
+        if upto <= self.acked {
+            return Ok(());
+        }
+        client::check_publication(&self.source, self.cfg, self.relations.tracked()).await?;
+        self.acked = upto;
+        self.repl.update_applied_lsn(upto.into());
+        Ok(())
     }
 }
 
