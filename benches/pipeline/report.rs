@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::process::Outcome;
 use crate::scenario::{CatchUp, Snapshot, Steady, Writer};
-use crate::setup::Machine;
+use crate::setup::{load_average, Machine};
 use crate::workload::{Backlog, Spill};
 use crate::Args;
 
@@ -283,8 +283,16 @@ impl Report {
         self.details(&mut notes);
         let m = &self.machine;
         let machine = format!(
-            "{} CPUs ({}), {:.1} GiB RAM; PostgreSQL {} ({}); calendar-sync {}",
-            m.nproc, m.cpu, m.mem_gib, m.pg, m.settings, m.commit
+            "{} CPUs ({}), {:.1} GiB RAM, load average {} at the start, {} at the end; \
+             PostgreSQL {} ({}); calendar-sync {}",
+            m.nproc,
+            m.cpu,
+            m.mem_gib,
+            m.load_at_start,
+            load_average(),
+            m.pg,
+            m.settings,
+            m.commit
         );
         let mut out = String::new();
         let _ = writeln!(

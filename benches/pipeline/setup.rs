@@ -190,6 +190,7 @@ impl Bench {
             pg,
             settings,
             commit: git_commit(Path::new(env!("CARGO_MANIFEST_DIR"))),
+            load_at_start: load_average(),
         }
     }
 }
@@ -201,6 +202,14 @@ pub struct Machine {
     pub pg: String,
     pub settings: String,
     pub commit: String,
+    /// /proc/loadavg's 1, 5, 15 minute averages: other work on the machine.
+    pub load_at_start: String,
+}
+
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
 }
 
 /// Next to the server's `initdb` (following a symlink such as
