@@ -173,7 +173,7 @@ impl Bench {
         let settings = self
             .admin
             .query_one(
-                "select string_agg(name || '=' || setting || coalesce(unit, ''), ', ' order by name)
+                "select string_agg(name || '=' || current_setting(name), ', ' order by name)
                    from pg_settings where name in ('fsync', 'synchronous_commit', 'shared_buffers',
                      'logical_decoding_work_mem', 'max_wal_size', 'wal_level', 'full_page_writes')",
                 &[],
