@@ -186,7 +186,10 @@ impl Report {
         };
         let per_sec = c.sync.time().map(|d| rows_n as f64 / d.as_secs_f64());
         let large = n == 2;
-        let rss = c.sync_hwm_kib.map(|k| k as f64 / 1024.0);
+        // VmHWM can read a little below a sampled VmRSS; take the larger.
+        let rss = c
+            .sync_hwm_kib
+            .map(|k| k.max(c.sync_peaks.rss_kib) as f64 / 1024.0);
         let subtxns = match c.savepoints {
             Some(s) => format!("{} savepoints (metric)", thousands(s as u64)),
             None => format!(
