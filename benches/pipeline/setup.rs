@@ -1,0 +1,252 @@
+//! The bench's PostgreSQL, its databases, and what the report says about the
+//! machine.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use calendar_sync::config::{Config, SecretUrl};
+use calendar_sync::demo::CRM_SCHEMA;
+use calendar_sync::pgcluster::{find_bindir, LocalCluster};
+use calendar_sync::{db, migrate};
+use tokio_postgres::Client;
+
+use crate::workload;
+
+/// Settings added to the cluster's own (`LocalCluster` already sets
+/// `fsync = off`, `synchronous_commit = off`, `shared_buffers = 64MB`):
+/// fewer checkpoints during the large scenarios, and a quiet log.
+const EXTRA_CONF: &str = "max_wal_size = 4GB\nlog_min_messages = warning\n";
+
+/// The cluster and what every scenario needs from it.
+pub struct Bench {
+    pub cluster: LocalCluster,
+    /// `pg_recvlogical` of the same installation as the server.
+    pub recvlogical: PathBuf,
+    /// The server's data directory (`pg_replslot/` is inside).
+    pub data_dir: PathBuf,
+    /// Where calendar-sync's stderr goes, one file per start.
+    pub log_dir: PathBuf,
+    admin: Client,
+    next_db: std::sync::atomic::AtomicU32,
+}
+
+/// One scenario's database; its name is also the slot and publication name.
+pub struct Db {
+    pub name: String,
+    pub url: String,
+    pub client: Client,
+}
+
+pub async fn connect(url: &str) -> anyhow::Result<Client> {
+    db::connect(&SecretUrl::new(url), "bench")
+        .await
+        .with_context(|| "connecting to the bench cluster")
+}
+
+impl Bench {
+    pub async fn start() -> anyhow::Result<Bench> {
+        let cluster = tokio::task::spawn_blocking(|| LocalCluster::start("bench", EXTRA_CONF))
+            .await
+            .context("starting the cluster")??;
+        let recvlogical = find_recvlogical(&find_bindir()?);
+        let admin = connect(&cluster.url("postgres")).await?;
+        let data_dir: String = admin.query_one("show data_directory", &[]).await?.get(0);
+        let log_dir =
+            std::env::temp_dir().join(format!("calendar-sync-bench-logs-{}", std::process::id()));
+        std::fs::create_dir_all(&log_dir)
+            .with_context(|| format!("creating {}", log_dir.display()))?;
+        Ok(Bench {
+            cluster,
+            recvlogical,
+            data_dir: PathBuf::from(data_dir),
+            log_dir,
+            admin,
+            next_db: std::sync::atomic::AtomicU32::new(1),
+        })
+    }
+
+    /// A fresh database with the seed CRM, the bench's customers, contacts
+    /// and row generator, and calendar-sync's migrations (publication included).
+    pub async fn fresh_db(&self, tag: &str) -> anyhow::Result<Db> {
+        let n = self
+            .next_db
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("bench_{n}_{tag}");
+        self.admin
+            .batch_execute(&format!("create database {name}"))
+            .await
+            .with_context(|| format!("creating database {name}"))?;
+        let url = self.cluster.url(&name);
+        let client = connect(&url).await?;
+        client
+            .batch_execute(CRM_SCHEMA)
+            .await
+            .context("loading the CRM schema")?;
+        client
+            .batch_execute(workload::SETUP)
+            .await
+            .context("loading the bench's CRM rows and row generator")?;
+        migrate::migrate(&self.config(&name, &url)?)
+            .await
+            .context("calendar-sync migrate")?;
+        Ok(Db { name, url, client })
+    }
+
+    pub fn config(&self, name: &str, url: &str) -> anyhow::Result<Config> {
+        let mut cfg = Config::new(url, name)?;
+        cfg.publication = name.to_string();
+        Ok(cfg)
+    }
+
+    /// Ends the database's sessions, drops its slots, then the database.
+    pub async fn drop_db(&self, db: Db) -> anyhow::Result<()> {
+        drop(db.client);
+        // Walsenders are among the sessions; a slot can be dropped once inactive.
+        for _ in 0..100 {
+            self.admin
+                .execute(
+                    "select pg_terminate_backend(pid) from pg_stat_activity
+                      where datname = $1 and pid <> pg_backend_pid()",
+                    &[&db.name],
+                )
+                .await?;
+            let slots: i64 = self
+                .admin
+                .query_one(
+                    "select count(*) from pg_replication_slots where database = $1",
+                    &[&db.name],
+                )
+                .await?
+                .get(0);
+            if slots == 0 {
+                break;
+            }
+            // Fails harmlessly when a slot became active again in between.
+            let _ = self
+                .admin
+                .execute(
+                    "select pg_drop_replication_slot(slot_name) from pg_replication_slots
+                      where database = $1 and not active",
+                    &[&db.name],
+                )
+                .await;
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        self.admin
+            .batch_execute(&format!("drop database if exists {} with (force)", db.name))
+            .await
+            .with_context(|| format!("dropping database {}", db.name))?;
+        Ok(())
+    }
+
+    pub fn replslot_dir(&self) -> PathBuf {
+        self.data_dir.join("pg_replslot")
+    }
+
+    /// What the report says about where it ran.
+    pub async fn machine(&self) -> Machine {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown CPU".into());
+        let mem_gib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
+            .map(|kb| kb / 1024.0 / 1024.0)
+            .unwrap_or(0.0);
+        let pg = self
+            .admin
+            .query_one("select current_setting('server_version')", &[])
+            .await
+            .map(|r| r.get::<_, String>(0))
+            .unwrap_or_else(|e| format!("unknown ({e})"));
+        let settings = self
+            .admin
+            .query_one(
+                "select string_agg(name || '=' || current_setting(name), ', ' order by name)
+                   from pg_settings where name in ('fsync', 'synchronous_commit', 'shared_buffers',
+                     'logical_decoding_work_mem', 'max_wal_size', 'wal_level', 'full_page_writes')",
+                &[],
+            )
+            .await
+            .map(|r| r.get::<_, String>(0))
+            .unwrap_or_default();
+        Machine {
+            nproc: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0),
+            cpu,
+            mem_gib,
+            pg,
+            settings,
+            commit: git_commit(Path::new(env!("CARGO_MANIFEST_DIR"))),
+            load_at_start: load_average(),
+        }
+    }
+}
+
+pub struct Machine {
+    pub nproc: usize,
+    pub cpu: String,
+    pub mem_gib: f64,
+    pub pg: String,
+    pub settings: String,
+    pub commit: String,
+    /// /proc/loadavg's 1, 5, 15 minute averages: other work on the machine.
+    pub load_at_start: String,
+}
+
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Next to the server's `initdb` (following a symlink such as
+/// /usr/local/bin/initdb), else from PATH.
+fn find_recvlogical(bindir: &Path) -> PathBuf {
+    let beside = |d: &Path| Some(d.join("pg_recvlogical")).filter(|p| p.is_file());
+    beside(bindir)
+        .or_else(|| {
+            std::fs::canonicalize(bindir.join("initdb"))
+                .ok()
+                .and_then(|real| real.parent().and_then(beside))
+        })
+        .unwrap_or_else(|| PathBuf::from("pg_recvlogical"))
+}
+
+fn git_commit(dir: &Path) -> String {
+    let out = std::process::Command::new("git")
+        .args(["describe", "--always", "--dirty", "--abbrev=10"])
+        .current_dir(dir)
+        .output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        _ => "unknown".into(),
+    }
+}
+
+/// Bytes of all files under `dir` (0 when it cannot be read).
+pub fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
