@@ -162,6 +162,13 @@ impl TestDb {
 
     /// [`TestDb::barrier_in`] for the consumer of `slot`.
     pub async fn barrier_for(&self, target: &Client, slot: &str) {
+        self.barrier_within(target, slot, Duration::from_secs(30))
+            .await;
+    }
+
+    /// [`TestDb::barrier_for`], waiting at most `timeout` (a consumer that
+    /// has a large backlog to catch up on, e.g. after many kills).
+    pub async fn barrier_within(&self, target: &Client, slot: &str, timeout: Duration) {
         let before = pg_current_lsn(&self.client).await;
         self.client
             .execute(
@@ -170,7 +177,7 @@ impl TestDb {
             )
             .await
             .expect("barrier update");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let row = target
                 .query_opt(
@@ -185,7 +192,7 @@ impl TestDb {
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "progress did not pass {before} within 30 s (it is {seen:?})"
+                "progress did not pass {before} within {timeout:?} (it is {seen:?})"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
