@@ -12,6 +12,7 @@ mod mapping;
 mod process;
 mod recovery;
 mod schema_change;
+mod secrets;
 mod snapshot;
 mod streaming;
 mod target;
