@@ -3,6 +3,7 @@
 
 mod support;
 
+mod concurrent_migrate;
 mod crash;
 mod echo;
 mod failures;
