@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use chrono_tz::Tz;
 
-/// Flags shared by every command that talks to a database.
-#[derive(Debug, Clone, clap::Args)]
+/// Flags shared by every command that talks to a database. Its Debug shows
+/// no connection string (they hold passwords).
+#[derive(Clone, clap::Args)]
 pub struct DbArgs {
     /// Source database (the CRM): libpq URL or key=value string.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
@@ -35,6 +36,22 @@ pub struct DbArgs {
 
     #[command(flatten)]
     pub participants: ParticipantArgs,
+}
+
+impl fmt::Debug for DbArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted = |set: bool| if set { "<redacted>" } else { "<unset>" };
+        f.debug_struct("DbArgs")
+            .field("database_url", &format_args!("{}", redacted(true)))
+            .field(
+                "target_database_url",
+                &format_args!("{}", redacted(self.target_database_url.is_some())),
+            )
+            .field("slot", &self.slot)
+            .field("publication", &self.publication)
+            .field("participants", &self.participants)
+            .finish()
+    }
 }
 
 /// Where participant names come from (contract §3: overridable by configuration).
@@ -336,6 +353,26 @@ mod tests {
         let c = Config::new("postgres://u:hunter2@localhost/db", "calendar_sync").expect("valid");
         let shown = format!("{c:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn db_args_debug_never_shows_the_connection_strings() {
+        let args = DbArgs {
+            database_url: "postgres://u:hunter2@localhost/db".into(),
+            target_database_url: Some("postgres://u:swordfish@other/db".into()),
+            slot: "s".into(),
+            publication: "p".into(),
+            participants: ParticipantArgs::default(),
+        };
+        let shown = format!("{args:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("swordfish"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("slot: \"s\""),
+            "the rest stays visible: {shown}"
+        );
     }
 
     #[test]
