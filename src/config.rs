@@ -138,6 +138,59 @@ pub struct SyncArgs {
     /// Seconds between standby status updates sent to the server.
     #[arg(long, env = "CALENDAR_SYNC_STATUS_INTERVAL_SECS", default_value_t = 1)]
     pub status_interval_secs: u64,
+
+    /// How long a statement of ours waits for a row or table lock (held by a
+    /// CRM session, say) before it fails as a transient error and is retried
+    /// with backoff: PostgreSQL's lock_timeout, e.g. 10s or 500ms.
+    #[arg(long, env = "CALENDAR_SYNC_LOCK_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+
+    /// How long one statement of ours may run before the server cancels it
+    /// (a transient error, retried with backoff): PostgreSQL's
+    /// statement_timeout, e.g. 60s or 2min.
+    #[arg(long, env = "CALENDAR_SYNC_STATEMENT_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub statement_timeout: Duration,
+}
+
+impl Default for SyncArgs {
+    fn default() -> Self {
+        SyncArgs {
+            window_days: 30,
+            timezone: "UTC".into(),
+            http_addr: None,
+            write_synced_at: true,
+            status_interval_secs: 1,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
+        }
+    }
+}
+
+/// Default of `CALENDAR_SYNC_LOCK_TIMEOUT`.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of `CALENDAR_SYNC_STATEMENT_TIMEOUT`.
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A duration as operators write PostgreSQL's: a positive whole number with
+/// `ms`, `s` or `min` (`500ms`, `10s`, `2min`). Zero (PostgreSQL's "no limit")
+/// is refused: waiting is bounded (contract §7).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let expected =
+        || format!("{s:?}: expected a positive whole number with ms, s or min, e.g. 10s");
+    let n: u64 = number.parse().map_err(|_| expected())?;
+    let d = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "min" => Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(expected()),
+    };
+    if d.is_zero() {
+        return Err(expected());
+    }
+    Ok(d)
 }
 
 /// A connection string. Debug and Display never show it (it holds a password).
@@ -202,6 +255,10 @@ pub struct Config {
     pub http_addr: Option<SocketAddr>,
     pub write_synced_at: bool,
     pub status_interval: Duration,
+    /// PostgreSQL `lock_timeout` of every SQL session of `run`.
+    pub lock_timeout: Duration,
+    /// PostgreSQL `statement_timeout` of every SQL session of `run`.
+    pub statement_timeout: Duration,
 }
 
 /// Invalid configuration: says which setting and what is expected.
@@ -277,13 +334,7 @@ impl Config {
                 })?;
             }
         }
-        let sync = sync.unwrap_or(SyncArgs {
-            window_days: 30,
-            timezone: "UTC".into(),
-            http_addr: None,
-            write_synced_at: true,
-            status_interval_secs: 1,
-        });
+        let sync = sync.unwrap_or_default();
         let timezone: Tz = sync.timezone.parse().map_err(|_| ConfigError {
             setting: "CALENDAR_SYNC_TIMEZONE",
             problem: format!(
@@ -312,12 +363,22 @@ impl Config {
             http_addr: sync.http_addr,
             write_synced_at: sync.write_synced_at,
             status_interval: Duration::from_secs(sync.status_interval_secs),
+            lock_timeout: sync.lock_timeout,
+            statement_timeout: sync.statement_timeout,
         })
     }
 
     /// The database that holds calendar_events.
     pub fn target_url(&self) -> &SecretUrl {
         self.target_url.as_ref().unwrap_or(&self.source_url)
+    }
+
+    /// Statement and lock limits of the SQL sessions of `run`.
+    pub fn limits(&self) -> crate::db::Limits {
+        crate::db::Limits {
+            lock_timeout: self.lock_timeout,
+            statement_timeout: self.statement_timeout,
+        }
     }
 
     /// True when events live in the source database itself.
@@ -373,6 +434,16 @@ mod tests {
             shown.contains("slot: \"s\""),
             "the rest stays visible: {shown}"
         );
+    }
+
+    #[test]
+    fn timeouts_are_written_like_postgresql_settings_and_never_zero() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2min"), Ok(Duration::from_secs(120)));
+        for bad in ["0s", "10", "s", "-1s", "1.5s", "10 h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -17,4 +17,5 @@ mod secrets;
 mod snapshot;
 mod streaming;
 mod target;
+mod timeouts;
 mod tls;

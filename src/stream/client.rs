@@ -165,7 +165,7 @@ pub async fn create_slot_and_snapshot(
     let snapshot = text(2)?;
     tracing::info!(slot = %cfg.slot, %consistent_point, "created replication slot; copying existing interactions");
 
-    let reader = db::connect(&cfg.source_url, "source (snapshot)").await?;
+    let reader = db::connect_limited(&cfg.source_url, "source (snapshot)", cfg.limits()).await?;
     let copied = copy_snapshot(cfg, &reader, &snapshot, consistent_point, applier).await;
     if copied.is_err() {
         applier.rollback().await;

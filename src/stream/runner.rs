@@ -90,9 +90,9 @@ async fn session(
     metrics: &Metrics,
     progressed: &mut bool,
 ) -> Result<(), SyncError> {
-    let target = db::connect(cfg.target_url(), "target").await?;
-    let source = db::connect(&cfg.source_url, "source").await?;
-    let lookups = db::connect(&cfg.source_url, "source").await?;
+    let target = db::connect_limited(cfg.target_url(), "target", cfg.limits()).await?;
+    let source = db::connect_limited(&cfg.source_url, "source", cfg.limits()).await?;
+    let lookups = db::connect_limited(&cfg.source_url, "source", cfg.limits()).await?;
     let stored = client::stored_progress(&target, &cfg.slot).await?;
     client::preflight(&source, cfg).await?;
     client::lock_slot(&source, &cfg.slot).await?;
