@@ -14,6 +14,7 @@ mod process;
 mod recovery;
 mod schema_change;
 mod secrets;
+mod slot_lock;
 mod snapshot;
 mod streaming;
 mod target;
