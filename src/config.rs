@@ -381,6 +381,23 @@ impl Config {
         }
     }
 
+    /// Warnings for connection strings that do not verify the server (see
+    /// [`crate::tls::unverified_warning`]); logged once at start.
+    pub fn tls_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        warnings.extend(crate::tls::unverified_warning(
+            "DATABASE_URL",
+            self.source_url.expose(),
+        ));
+        if let Some(target) = &self.target_url {
+            warnings.extend(crate::tls::unverified_warning(
+                "TARGET_DATABASE_URL",
+                target.expose(),
+            ));
+        }
+        warnings
+    }
+
     /// True when events live in the source database itself.
     pub fn same_database(&self) -> bool {
         self.target_url.is_none()

@@ -32,3 +32,30 @@ async fn transient_errors_never_carry_a_failing_row_detail() {
         "the log line says what happened: {display}"
     );
 }
+
+/// Without `sslmode=verify-full` the server is not verified: anyone on the
+/// network path can impersonate it (and, with the default `prefer`,
+/// downgrade the connection to plaintext) and read the password. Every
+/// command says so at start, without the connection string.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unverified_server_is_warned_about_at_start() {
+    let db = TestDb::crm().await;
+    let out = crate::process::binary()
+        .args(["migrate"])
+        .env("DATABASE_URL", &db.url)
+        .env("CALENDAR_SYNC_PUBLICATION", &db.name)
+        .output()
+        .expect("run migrate");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("WARN")
+            && stderr.contains("sslmode=prefer")
+            && stderr.contains("verify-full"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(&db.url),
+        "no connection string in logs: {stderr}"
+    );
+}
