@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use chrono_tz::Tz;
 
-/// Flags shared by every command that talks to a database.
-#[derive(Debug, Clone, clap::Args)]
+/// Flags shared by every command that talks to a database. Its Debug shows
+/// no connection string (they hold passwords).
+#[derive(Clone, clap::Args)]
 pub struct DbArgs {
     /// Source database (the CRM): libpq URL or key=value string.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
@@ -35,6 +36,22 @@ pub struct DbArgs {
 
     #[command(flatten)]
     pub participants: ParticipantArgs,
+}
+
+impl fmt::Debug for DbArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted = |set: bool| if set { "<redacted>" } else { "<unset>" };
+        f.debug_struct("DbArgs")
+            .field("database_url", &format_args!("{}", redacted(true)))
+            .field(
+                "target_database_url",
+                &format_args!("{}", redacted(self.target_database_url.is_some())),
+            )
+            .field("slot", &self.slot)
+            .field("publication", &self.publication)
+            .field("participants", &self.participants)
+            .finish()
+    }
 }
 
 /// Where participant names come from (contract §3: overridable by configuration).
@@ -135,6 +152,18 @@ pub struct SyncArgs {
     /// many milliseconds (and at once when no more data is waiting).
     #[arg(long, env = "CALENDAR_SYNC_BATCH_DELAY_MS", default_value_t = 100)]
     pub batch_delay_ms: u64,
+
+    /// How long a statement of ours waits for a row or table lock (held by a
+    /// CRM session, say) before it fails as a transient error and is retried
+    /// with backoff: PostgreSQL's lock_timeout, e.g. 10s or 500ms.
+    #[arg(long, env = "CALENDAR_SYNC_LOCK_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+
+    /// How long one statement of ours may run before the server cancels it
+    /// (a transient error, retried with backoff): PostgreSQL's
+    /// statement_timeout, e.g. 60s or 2min.
+    #[arg(long, env = "CALENDAR_SYNC_STATEMENT_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub statement_timeout: Duration,
 }
 
 /// Bounds of one batch (see `apply`).
@@ -153,6 +182,50 @@ impl Default for BatchLimits {
             max_delay: Duration::from_millis(100),
         }
     }
+}
+
+impl Default for SyncArgs {
+    fn default() -> Self {
+        SyncArgs {
+            window_days: 30,
+            timezone: "UTC".into(),
+            http_addr: None,
+            write_synced_at: true,
+            status_interval_secs: 1,
+            batch_changes: BatchLimits::default().max_changes,
+            batch_bytes: BatchLimits::default().max_bytes,
+            batch_delay_ms: 100,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
+        }
+    }
+}
+
+/// Default of `CALENDAR_SYNC_LOCK_TIMEOUT`.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of `CALENDAR_SYNC_STATEMENT_TIMEOUT`.
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A duration as operators write PostgreSQL's: a positive whole number with
+/// `ms`, `s` or `min` (`500ms`, `10s`, `2min`). Zero (PostgreSQL's "no limit")
+/// is refused: waiting is bounded (contract §7).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let expected =
+        || format!("{s:?}: expected a positive whole number with ms, s or min, e.g. 10s");
+    let n: u64 = number.parse().map_err(|_| expected())?;
+    let d = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "min" => Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(expected()),
+    };
+    if d.is_zero() {
+        return Err(expected());
+    }
+    Ok(d)
 }
 
 /// A connection string. Debug and Display never show it (it holds a password).
@@ -218,6 +291,10 @@ pub struct Config {
     pub write_synced_at: bool,
     pub status_interval: Duration,
     pub batch: BatchLimits,
+    /// PostgreSQL `lock_timeout` of every SQL session of `run`.
+    pub lock_timeout: Duration,
+    /// PostgreSQL `statement_timeout` of every SQL session of `run`.
+    pub statement_timeout: Duration,
 }
 
 /// Invalid configuration: says which setting and what is expected.
@@ -293,16 +370,7 @@ impl Config {
                 })?;
             }
         }
-        let sync = sync.unwrap_or(SyncArgs {
-            window_days: 30,
-            timezone: "UTC".into(),
-            http_addr: None,
-            write_synced_at: true,
-            status_interval_secs: 1,
-            batch_changes: BatchLimits::default().max_changes,
-            batch_bytes: BatchLimits::default().max_bytes,
-            batch_delay_ms: 100,
-        });
+        let sync = sync.unwrap_or_default();
         if sync.batch_changes == 0 || sync.batch_bytes < 1024 {
             return Err(ConfigError {
                 setting: "CALENDAR_SYNC_BATCH_CHANGES / CALENDAR_SYNC_BATCH_BYTES",
@@ -342,12 +410,39 @@ impl Config {
                 max_bytes: sync.batch_bytes,
                 max_delay: Duration::from_millis(sync.batch_delay_ms),
             },
+            lock_timeout: sync.lock_timeout,
+            statement_timeout: sync.statement_timeout,
         })
     }
 
     /// The database that holds calendar_events.
     pub fn target_url(&self) -> &SecretUrl {
         self.target_url.as_ref().unwrap_or(&self.source_url)
+    }
+
+    /// Statement and lock limits of the SQL sessions of `run`.
+    pub fn limits(&self) -> crate::db::Limits {
+        crate::db::Limits {
+            lock_timeout: self.lock_timeout,
+            statement_timeout: self.statement_timeout,
+        }
+    }
+
+    /// Warnings for connection strings that do not verify the server (see
+    /// [`crate::tls::unverified_warning`]); logged once at start.
+    pub fn tls_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        warnings.extend(crate::tls::unverified_warning(
+            "DATABASE_URL",
+            self.source_url.expose(),
+        ));
+        if let Some(target) = &self.target_url {
+            warnings.extend(crate::tls::unverified_warning(
+                "TARGET_DATABASE_URL",
+                target.expose(),
+            ));
+        }
+        warnings
     }
 
     /// True when events live in the source database itself.
@@ -383,6 +478,36 @@ mod tests {
         let c = Config::new("postgres://u:hunter2@localhost/db", "calendar_sync").expect("valid");
         let shown = format!("{c:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn db_args_debug_never_shows_the_connection_strings() {
+        let args = DbArgs {
+            database_url: "postgres://u:hunter2@localhost/db".into(),
+            target_database_url: Some("postgres://u:swordfish@other/db".into()),
+            slot: "s".into(),
+            publication: "p".into(),
+            participants: ParticipantArgs::default(),
+        };
+        let shown = format!("{args:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("swordfish"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("slot: \"s\""),
+            "the rest stays visible: {shown}"
+        );
+    }
+
+    #[test]
+    fn timeouts_are_written_like_postgresql_settings_and_never_zero() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2min"), Ok(Duration::from_secs(120)));
+        for bad in ["0s", "10", "s", "-1s", "1.5s", "10 h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

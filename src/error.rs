@@ -131,7 +131,10 @@ impl SyncError {
     pub fn db(context: impl Into<String>, e: tokio_postgres::Error) -> Self {
         let context = context.into();
         match classify_pg(&e) {
-            ErrorClass::Transient => SyncError::transient(context, e),
+            // Not the driver error itself: its Debug and its source (the
+            // server's DbError) carry the full DETAIL, and the cause chain is
+            // what logs and `{:#}` print. `describe_pg` is the one filter.
+            ErrorClass::Transient => SyncError::transient(context, ServerError(describe_pg(&e))),
             ErrorClass::RowPermanent | ErrorClass::Fatal => {
                 let hint = hint_for_pg(&e);
                 SyncError::fatal(format!("{context}: {}", describe_pg(&e)), hint)
@@ -163,6 +166,13 @@ impl SyncError {
         }
     }
 }
+
+/// A database error as text that went through [`describe_pg`]'s filter: the
+/// source of a transient [`SyncError`], so that neither its Display nor its
+/// Debug nor a cause chain can show a row's contents.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ServerError(String);
 
 /// pgwire-replication formats server errors as "message (SQLSTATE XXXXX)".
 pub fn server_sqlstate(msg: &str) -> Option<&str> {
@@ -234,7 +244,7 @@ mod tests {
     #[test]
     fn sqlstates_are_classified_by_consequence() {
         for c in [
-            "40001", "40P01", "55P03", "57P01", "57P02", "08006", "08000", "55006",
+            "40001", "40P01", "55P03", "57014", "57P01", "57P02", "08006", "08000", "55006",
         ] {
             assert_eq!(classify_sqlstate(c), ErrorClass::Transient, "{c}");
         }

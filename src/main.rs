@@ -6,7 +6,7 @@ use clap::Parser;
 use tokio::sync::watch;
 
 use calendar_sync::cli::{Cli, Command};
-use calendar_sync::config::Config;
+use calendar_sync::config::{Config, ConfigError, DbArgs, SyncArgs};
 use calendar_sync::metrics::Metrics;
 use calendar_sync::{demo, failures, http, migrate, status, stream};
 
@@ -47,7 +47,7 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Demo => demo::run().await,
         Command::Migrate { db } => {
-            let cfg = Config::from_args(db, None)?;
+            let cfg = config(db, None)?;
             let report = migrate::migrate(&cfg).await?;
             println!(
                 "migrations applied: {}; publication {}: {}",
@@ -66,7 +66,7 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run { db, sync } => {
-            let cfg = Config::from_args(db, Some(sync))?;
+            let cfg = config(db, Some(sync))?;
             let (stop_tx, stop_rx) = watch::channel(false);
             let metrics = Metrics::new();
             let http = match cfg.http_addr {
@@ -97,12 +97,12 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Failures { db, action } => {
-            let cfg = Config::from_args(db, None)?;
+            let cfg = config(db, None)?;
             failures::run(&cfg, action).await?;
             Ok(())
         }
         Command::Status { db, json } => {
-            let cfg = Config::from_args(db, None)?;
+            let cfg = config(db, None)?;
             let s = status::status(&cfg).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
@@ -112,6 +112,16 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The validated configuration; warns once about connections that do not
+/// verify the server.
+fn config(db: DbArgs, sync: Option<SyncArgs>) -> Result<Config, ConfigError> {
+    let cfg = Config::from_args(db, sync)?;
+    for warning in cfg.tls_warnings() {
+        tracing::warn!("{warning}");
+    }
+    Ok(cfg)
 }
 
 async fn wait_for_signal() {

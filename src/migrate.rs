@@ -79,30 +79,88 @@ pub async fn migrate(cfg: &Config) -> Result<MigrateReport, SyncError> {
                 .extend(apply(&target, TARGET_MIGRATIONS).await?);
         }
     }
-    report.publication_created = ensure_publication(&source, cfg).await?;
+    report.publication_created = locked(&source, "creating the publication", |c| async move {
+        Ok(ensure_publication(c, cfg).await?)
+    })
+    .await?;
     Ok(report)
 }
 
-async fn apply(client: &Client, migrations: &[Migration]) -> Result<Vec<&'static str>, SyncError> {
-    let err = |what: &'static str| move |e| SyncError::db(what, e);
+/// Runs `step` in a transaction that holds the migration lock first, so that
+/// concurrent `migrate`s (two tasks of a first deploy) take turns: even
+/// `create ... if not exists` fails when another session creates the same
+/// object at the same moment (a unique violation in the catalog).
+async fn locked<'a, T, F, Fut>(client: &'a Client, what: &str, step: F) -> Result<T, SyncError>
+where
+    F: FnOnce(&'a Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T, LockedError>>,
+{
     client
-        .batch_execute(
-            "create table if not exists calendar_sync_schema_migrations (
+        .batch_execute("begin")
+        .await
+        .map_err(|e| SyncError::db(format!("beginning: {what}"), e))?;
+    let result = async {
+        client
+            .execute("select pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        step(client).await
+    }
+    .await;
+    match result {
+        Ok(v) => {
+            client
+                .batch_execute("commit")
+                .await
+                .map_err(|e| SyncError::db(format!("committing: {what}"), e))?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = client.batch_execute("rollback").await;
+            Err(match e {
+                LockedError::Db(e) => SyncError::db(what.to_string(), e),
+                LockedError::Sync(e) => e,
+            })
+        }
+    }
+}
+
+/// An error inside [`locked`]: from the driver, or already classified.
+enum LockedError {
+    Db(tokio_postgres::Error),
+    Sync(SyncError),
+}
+
+impl From<tokio_postgres::Error> for LockedError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        LockedError::Db(e)
+    }
+}
+
+impl From<SyncError> for LockedError {
+    fn from(e: SyncError) -> Self {
+        LockedError::Sync(e)
+    }
+}
+
+async fn apply(client: &Client, migrations: &[Migration]) -> Result<Vec<&'static str>, SyncError> {
+    locked(
+        client,
+        "creating calendar_sync_schema_migrations",
+        |c| async move {
+            c.batch_execute(
+                "create table if not exists calendar_sync_schema_migrations (
                  name text primary key,
                  applied_at timestamptz not null default now())",
-        )
-        .await
-        .map_err(err("creating calendar_sync_schema_migrations"))?;
+            )
+            .await?;
+            Ok(())
+        },
+    )
+    .await?;
     let mut applied = Vec::new();
     for m in migrations {
-        client
-            .batch_execute("begin")
-            .await
-            .map_err(err("beginning a migration"))?;
-        let result = async {
-            client
-                .execute("select pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-                .await?;
+        let what = format!("applying migration {}", m.name);
+        let ran = locked(client, &what, |client| async move {
             let done = client
                 .query_opt(
                     "select 1 from calendar_sync_schema_migrations where name = $1",
@@ -119,30 +177,20 @@ async fn apply(client: &Client, migrations: &[Migration]) -> Result<Vec<&'static
                     )
                     .await?;
             }
-            Ok::<bool, tokio_postgres::Error>(!done)
-        }
-        .await;
-        match result {
-            Ok(ran) => {
-                client
-                    .batch_execute("commit")
-                    .await
-                    .map_err(err("committing a migration"))?;
-                if ran {
-                    tracing::info!(migration = m.name, "applied migration");
-                    applied.push(m.name);
-                }
-            }
-            Err(e) => {
-                let _ = client.batch_execute("rollback").await;
-                return Err(SyncError::db(format!("applying migration {}", m.name), e));
-            }
+            Ok(!done)
+        })
+        .await?;
+        if ran {
+            tracing::info!(migration = m.name, "applied migration");
+            applied.push(m.name);
         }
     }
     Ok(applied)
 }
 
-/// Creates the publication if it is missing; returns whether it did.
+/// Creates the publication if it is missing; returns whether it did. Runs
+/// under the migration lock (see [`locked`]): two first deploys would
+/// otherwise both see it missing and one would fail creating it.
 ///
 /// `interaction` is published with a column list of the mapped columns only
 /// (PostgreSQL 15+), so `private_notes` and the other unmapped columns never

@@ -13,6 +13,7 @@
 //! the host name. `verify-ca` is refused: rustls has no chain-only check.
 
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -155,6 +156,37 @@ impl TlsSettings {
     }
 }
 
+/// What an operator must know when the connection string `conn` (of
+/// `setting`, e.g. `DATABASE_URL`) does not verify the server: without
+/// `verify-full` anyone on the network path can impersonate the server (and,
+/// with `prefer`, downgrade the connection to plaintext) and so read the
+/// password and the data. `None` for `verify-full` and for Unix-socket hosts
+/// (no network path).
+pub fn unverified_warning(setting: &str, conn: &str) -> Option<String> {
+    let (rest, tls) = TlsSettings::split(conn).ok()?;
+    if tls.mode == SslMode::VerifyFull {
+        return None;
+    }
+    let config = tokio_postgres::Config::from_str(&rest).ok()?;
+    let networked = config.get_hosts().is_empty()
+        || config
+            .get_hosts()
+            .iter()
+            .any(|h| matches!(h, tokio_postgres::config::Host::Tcp(_)));
+    if !networked {
+        return None;
+    }
+    let risk = match tls.mode {
+        SslMode::Disable => "sslmode=disable: the password (unless the server uses SCRAM) and all data cross the network unencrypted",
+        SslMode::Prefer => "sslmode=prefer (the default) does not verify the server: anyone on the network path can downgrade the connection to plaintext or impersonate the server, and read the password and the data",
+        SslMode::Require => "sslmode=require encrypts but does not verify the server: anyone on the network path can impersonate it and read the password and the data",
+        SslMode::VerifyFull => return None,
+    };
+    Some(format!(
+        "{setting}: {risk}; use sslmode=verify-full&sslrootcert=<CA bundle> (for RDS: the RDS global bundle)"
+    ))
+}
+
 fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = RootCertStore::empty();
@@ -270,6 +302,36 @@ mod tests {
         assert_eq!(
             (rest.as_str(), s.mode),
             ("postgres://h/db", SslMode::Prefer)
+        );
+    }
+
+    #[test]
+    fn only_a_verified_or_local_socket_connection_goes_without_a_warning() {
+        for (conn, mode) in [
+            ("postgres://u:p@db.example.com/crm", "sslmode=prefer"),
+            (
+                "postgres://u:p@db.example.com/crm?sslmode=require",
+                "sslmode=require",
+            ),
+            (
+                "host=db.example.com dbname=crm sslmode=disable",
+                "sslmode=disable",
+            ),
+        ] {
+            let w = unverified_warning("DATABASE_URL", conn).expect("warned");
+            assert!(w.starts_with("DATABASE_URL: ") && w.contains(mode), "{w}");
+            assert!(!w.contains("u:p@"), "no connection string: {w}");
+        }
+        assert_eq!(
+            unverified_warning(
+                "DATABASE_URL",
+                "postgres://u:p@db.example.com/crm?sslmode=verify-full&sslrootcert=/ca.pem"
+            ),
+            None
+        );
+        assert_eq!(
+            unverified_warning("DATABASE_URL", "host=/var/run/postgresql dbname=crm"),
+            None
         );
     }
 

@@ -4,6 +4,7 @@
 mod support;
 
 mod batching;
+mod concurrent_migrate;
 mod crash;
 mod echo;
 mod edge_paths;
@@ -15,7 +16,10 @@ mod process;
 mod recovery;
 mod relations;
 mod schema_change;
+mod secrets;
+mod slot_lock;
 mod snapshot;
 mod streaming;
 mod target;
+mod timeouts;
 mod tls;

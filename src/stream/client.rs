@@ -31,6 +31,7 @@ use crate::error::SyncError;
 use crate::lsn::Lsn;
 use crate::mapping::fields::contact_name;
 use crate::mapping::InteractionRow;
+use crate::stream::Shutdown;
 use crate::tls::TlsSettings;
 
 /// Rows fetched per round trip while copying the snapshot.
@@ -129,11 +130,90 @@ pub fn replication_config(cfg: &Config) -> Result<ReplicationConfig, SyncError> 
     Ok(rc)
 }
 
+/// How often the slot lock is checked while the initial snapshot is taken.
+/// Each check is also traffic on the lock's session, so that an
+/// `idle_session_timeout` on the server does not end it.
+const LOCK_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long an abandoned batch's rollback may take. A statement still in
+/// flight on the connection (one waiting for a lock) would hold the rollback
+/// back until it ends; the connection is dropped instead, and the server
+/// rolls the transaction back.
+const ROLLBACK_WAIT: Duration = Duration::from_secs(1);
+
+/// Rolls back an abandoned batch, waiting at most [`ROLLBACK_WAIT`].
+pub async fn rollback_bounded(writer: &mut Writer) {
+    if tokio::time::timeout(ROLLBACK_WAIT, writer.rollback())
+        .await
+        .is_err()
+    {
+        tracing::debug!("rollback queued behind an abandoned statement; the dropped connection rolls back instead");
+    }
+}
+
 /// Creates the slot, copies the interactions of its exported snapshot into the
-/// target with the progress row, and returns the session ready to `start()`.
+/// target with the progress row, and returns the session ready to `start()`;
+/// `None` when `shutdown` came first (nothing committed: the next start drops
+/// the slot and takes a new snapshot).
+///
+/// `lock` is the session holding the slot's advisory lock ([`lock_slot`]).
+/// While the snapshot is taken it is checked every [`LOCK_CHECK_INTERVAL`]
+/// and once more right before the commit: once it is lost, a second process
+/// may drop this slot and create its own, and committing this snapshot's
+/// consistent point would then skip the transactions between the two
+/// consistent points. A lost lock abandons the snapshot as a transient error.
+/// (Left open: a loss during the commit's own round trip.)
 pub async fn create_slot_and_snapshot(
     cfg: &Config,
     writer: &mut Writer,
+    lock: &Client,
+    shutdown: &mut Shutdown,
+) -> Result<Option<(ReplicationClient, Lsn)>, SyncError> {
+    enum Outcome {
+        Done(Result<(ReplicationClient, Lsn), SyncError>),
+        Stopped,
+        LockLost(SyncError),
+    }
+    let outcome = {
+        let work = slot_and_snapshot(cfg, writer, lock);
+        tokio::pin!(work);
+        tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => Outcome::Stopped,
+            e = watch_slot_lock(lock, &cfg.slot) => Outcome::LockLost(e),
+            r = &mut work => Outcome::Done(r),
+        }
+    };
+    match outcome {
+        Outcome::Done(Ok(done)) => Ok(Some(done)),
+        Outcome::Done(Err(e)) => Err(e),
+        Outcome::Stopped => {
+            rollback_bounded(writer).await;
+            tracing::info!(slot = %cfg.slot, "stop requested: initial snapshot abandoned, not committed; the next start takes it again");
+            Ok(None)
+        }
+        Outcome::LockLost(e) => {
+            rollback_bounded(writer).await;
+            Err(e)
+        }
+    }
+}
+
+/// Returns once the slot lock is no longer held by `lock` (or its session
+/// is gone).
+async fn watch_slot_lock(lock: &Client, slot: &str) -> SyncError {
+    loop {
+        tokio::time::sleep(LOCK_CHECK_INTERVAL).await;
+        if let Err(e) = slot_lock_held(lock, slot).await {
+            return e;
+        }
+    }
+}
+
+async fn slot_and_snapshot(
+    cfg: &Config,
+    writer: &mut Writer,
+    lock: &Client,
 ) -> Result<(ReplicationClient, Lsn), SyncError> {
     let mut repl = ReplicationClient::connect_gated(replication_config(cfg)?)
         .await
@@ -167,10 +247,10 @@ pub async fn create_slot_and_snapshot(
     let snapshot = text(2)?;
     tracing::info!(slot = %cfg.slot, %consistent_point, "created replication slot; copying existing interactions");
 
-    let reader = db::connect(&cfg.source_url, "source (snapshot)").await?;
-    let copied = copy_snapshot(cfg, &reader, &snapshot, consistent_point, writer).await;
+    let reader = db::connect_limited(&cfg.source_url, "source (snapshot)", cfg.limits()).await?;
+    let copied = copy_snapshot(cfg, &reader, &snapshot, consistent_point, writer, lock).await;
     if copied.is_err() {
-        writer.rollback().await;
+        rollback_bounded(writer).await;
     }
     let copied = copied?;
     tracing::info!(rows = copied, %consistent_point, "initial snapshot applied");
@@ -183,6 +263,7 @@ async fn copy_snapshot(
     snapshot: &str,
     consistent_point: Lsn,
     writer: &mut Writer,
+    lock: &Client,
 ) -> Result<u64, SyncError> {
     let err = |what: &'static str| move |e| SyncError::db(what, e);
     reader
@@ -256,6 +337,7 @@ async fn copy_snapshot(
         .batch_execute("commit")
         .await
         .map_err(err("closing the snapshot"))?;
+    slot_lock_held(lock, &cfg.slot).await?;
     writer.commit().await?;
     Ok(copied)
 }
@@ -366,6 +448,44 @@ pub async fn lock_slot(source: &Client, slot: &str) -> Result<(), SyncError> {
             "waiting for the slot",
             format!("another calendar-sync process works on slot {slot} (a rolling deploy?); waiting for it to stop"),
         ))
+    }
+}
+
+/// The slot lock of [`lock_slot`] is still held by `lock`'s session. A
+/// transient error otherwise, also when that session is gone.
+pub async fn slot_lock_held(lock: &Client, slot: &str) -> Result<(), SyncError> {
+    let lost = |why: String| {
+        SyncError::transient(
+            "checking the slot's advisory lock",
+            format!("{why}: another calendar-sync may have taken slot {slot} over, so this one stops what it did under the lock (an initial snapshot is not committed) and starts again"),
+        )
+    };
+    // A bigint advisory key shows in pg_locks as classid = high 32 bits,
+    // objid = low 32 bits, objsubid = 1 (PostgreSQL docs, "pg_locks").
+    let held: bool = lock
+        .query_one(
+            "with k as (select hashtextextended('calendar_sync.slot:' || $1, 0) as key)
+             select exists (
+               select 1 from pg_locks, k
+                where locktype = 'advisory' and pid = pg_backend_pid() and granted
+                  and database = (select oid from pg_database where datname = current_database())
+                  and objsubid = 1
+                  and classid = ((key >> 32) & 4294967295)::oid
+                  and objid = (key & 4294967295)::oid)",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| {
+            lost(format!(
+                "the lock's session failed ({})",
+                crate::error::describe_pg(&e)
+            ))
+        })?
+        .get(0);
+    if held {
+        Ok(())
+    } else {
+        Err(lost("the lock's session no longer holds it".into()))
     }
 }
 

@@ -51,7 +51,22 @@ pub async fn run(cfg: &Config, mut shutdown: Shutdown, metrics: Metrics) -> Resu
     let mut attempt: u32 = 0;
     loop {
         let mut progressed = false;
-        match session(cfg, &mut shutdown, &metrics, &mut progressed).await {
+        // The streaming loop and the initial snapshot answer a stop at once;
+        // any other wait (connecting, a preflight statement) is abandoned
+        // after STOP_GRACE, like a kill -9: nothing uncommitted was acked.
+        let mut stop = shutdown.clone();
+        let stop_overdue = async {
+            let _ = stop.wait_for(|stop| *stop).await;
+            tokio::time::sleep(STOP_GRACE).await;
+        };
+        let result = tokio::select! {
+            r = session(cfg, &mut shutdown, &metrics, &mut progressed) => r,
+            _ = stop_overdue => {
+                tracing::warn!(grace_secs = STOP_GRACE.as_secs(), "stop requested, but the session did not end in time: abandoned (uncommitted work is rolled back by the server and replayed on the next start)");
+                return Ok(());
+            }
+        };
+        match result {
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() => {
                 if progressed {
@@ -75,6 +90,10 @@ pub async fn run(cfg: &Config, mut shutdown: Shutdown, metrics: Metrics) -> Resu
         }
     }
 }
+
+/// After a stop request, how long a session may take to end before it is
+/// abandoned (see [`run`]).
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// 0.5 s doubling to 30 s, with up to 25% jitter so restarted tasks spread out.
 fn backoff(attempt: u32) -> Duration {
@@ -100,12 +119,14 @@ async fn session(
     metrics: &Metrics,
     progressed: &mut bool,
 ) -> Result<(), SyncError> {
-    let target = db::connect(cfg.target_url(), "target").await?;
-    let source = db::connect(&cfg.source_url, "source").await?;
-    let lookups = db::connect(&cfg.source_url, "source").await?;
-    let stored = client::stored_progress(&target, &cfg.slot).await?;
+    let target = db::connect_limited(cfg.target_url(), "target", cfg.limits()).await?;
+    let source = db::connect_limited(&cfg.source_url, "source", cfg.limits()).await?;
+    let lookups = db::connect_limited(&cfg.source_url, "source", cfg.limits()).await?;
     let tracked = client::preflight(&source, cfg).await?;
     client::lock_slot(&source, &cfg.slot).await?;
+    // Read under the lock: until it was ours, another process may have been
+    // committing its snapshot.
+    let stored = client::stored_progress(&target, &cfg.slot).await?;
     let slot = client::slot_info(&source, &cfg.slot).await?;
     if let Some(s) = slot.as_ref().filter(|s| !s.this_database) {
         return Err(SyncError::fatal(
@@ -164,8 +185,11 @@ async fn session(
                 }
                 client::drop_unfinished_slot(&source, &cfg.slot).await?;
             }
-            let (mut repl, consistent_point) =
-                client::create_slot_and_snapshot(cfg, &mut writer).await?;
+            let Some((mut repl, consistent_point)) =
+                client::create_slot_and_snapshot(cfg, &mut writer, &source, shutdown).await?
+            else {
+                return Ok(());
+            };
             repl.start()
                 .await
                 .map_err(|e| SyncError::stream("starting replication", e))?;
@@ -195,7 +219,7 @@ async fn session(
     metrics.set_streaming(false);
     // On SIGTERM mid-transaction the open batch is rolled back: it is replayed
     // on the next start, from the stored progress.
-    s.writer.rollback().await;
+    client::rollback_bounded(&mut s.writer).await;
     if result.is_err() {
         s.repl.abort();
         return result;
@@ -295,23 +319,32 @@ impl Streamer<'_> {
             let pending = idle && self.writer.has_uncommitted();
             let event = tokio::select! {
                 biased;
-                _ = shutdown.changed() => {
-                    if pending {
-                        self.commit_batch().await?;
-                    }
-                    return Ok(());
-                }
+                // An uncommitted batch is rolled back and replayed on the
+                // next start: committing it could wait on a CRM lock.
+                _ = shutdown.changed() => return Ok(()),
                 _ = tick.tick(), if idle => {
-                    if pending {
-                        self.commit_batch().await?;
-                    }
                     ticks = ticks.wrapping_add(1);
-                    self.tick(ticks % PUBLICATION_CHECK_TICKS == 0).await?;
+                    let check = ticks % PUBLICATION_CHECK_TICKS == 0;
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.changed() => return Ok(()),
+                        r = async {
+                            if pending {
+                                self.commit_batch().await?;
+                            }
+                            self.tick(check).await
+                        } => r?,
+                    }
                     continue;
                 }
                 ev = self.repl.recv() => ev.map_err(|e| SyncError::stream("receiving from the replication stream", e))?,
                 _ = std::future::ready(()), if pending => {
-                    if self.commit_batch().await? {
+                    let committed = tokio::select! {
+                        biased;
+                        _ = shutdown.changed() => return Ok(()),
+                        r = self.commit_batch() => r?,
+                    };
+                    if committed {
                         *progressed = true;
                     }
                     continue;
@@ -323,7 +356,15 @@ impl Streamer<'_> {
                     "the server ended the stream",
                 ));
             };
-            if self.handle(event).await? {
+            // SIGTERM abandons an apply in flight (e.g. a statement waiting
+            // for a CRM lock): its connections are dropped and the server
+            // rolls it back; only committed LSNs were acknowledged.
+            let committed = tokio::select! {
+                biased;
+                _ = shutdown.changed() => return Ok(()),
+                r = self.handle(event) => r?,
+            };
+            if committed {
                 *progressed = true;
             }
         }
