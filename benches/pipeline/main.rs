@@ -33,6 +33,7 @@
 //! cargo bench --bench pipeline                      # 1,000,000 row changes
 //! cargo bench --bench pipeline -- --quick           # 100,000
 //! cargo bench --bench pipeline -- --size 20000 --only 1,4 --timeout 300
+//! cargo bench --bench pipeline -- --quick --only 1,2,3 --no-stamp   # the stamp's share
 //! ```
 //!
 //! `--timeout SECS` (default 900) bounds each consumer measurement: a run
@@ -59,6 +60,9 @@ pub struct Args {
     pub steady: Duration,
     /// Scenario 5's writing time per variant.
     pub writer: Duration,
+    /// Scenarios 1-4: calendar-sync stamps `calendar_synced_at` (`--no-stamp`
+    /// measures the stamp's share).
+    pub stamp: bool,
 }
 
 const DEFAULT_SIZE: u64 = 1_000_000;
@@ -70,6 +74,7 @@ impl Args {
         let mut size = None;
         let mut timeout = Duration::from_secs(900);
         let mut only = vec![1, 2, 3, 4, 5];
+        let mut stamp = true;
         let mut args = args.peekable();
         let number = |flag: &str, v: Option<String>| -> Result<u64, String> {
             let v = v.ok_or_else(|| format!("{flag} needs a number"))?;
@@ -80,6 +85,7 @@ impl Args {
         while let Some(a) = args.next() {
             match a.as_str() {
                 "--quick" => quick = true,
+                "--no-stamp" => stamp = false,
                 "--size" => size = Some(number("--size", args.next())?.max(10)),
                 "--timeout" => timeout = Duration::from_secs(number("--timeout", args.next())?),
                 "--only" => {
@@ -101,6 +107,7 @@ impl Args {
             only,
             steady: Duration::from_secs(if quick { 10 } else { 20 }),
             writer: Duration::from_secs(if quick { 5 } else { 10 }),
+            stamp,
         })
     }
 }

@@ -177,7 +177,7 @@ async fn catch_up_in(
 ) -> anyhow::Result<CatchUp> {
     let replslot = bench.replslot_dir();
     eprintln!("calendar-sync creates its slot (empty snapshot), then stops");
-    start_streaming(bench, db, true, "first")
+    start_streaming(bench, db, args.stamp, "first")
         .await?
         .stop()
         .await?;
@@ -207,7 +207,7 @@ async fn catch_up_in(
     eprintln!("calendar-sync catches up");
     let xid_before = workload::next_xid(&db.client).await?;
     let mut sync_peaks = Peaks::default();
-    let mut sync = CalendarSync::spawn(bench, db, true, "catch-up")?;
+    let mut sync = CalendarSync::spawn(bench, db, args.stamp, "catch-up")?;
     let started = sync.started;
     let applied_at: Cell<Option<Duration>> = Cell::new(None);
     let (client, slot, lsn) = (&db.client, db.name.as_str(), &written.before_last_commit);
@@ -322,7 +322,7 @@ async fn snapshot_in(bench: &Bench, args: &Args, db: &Db) -> anyhow::Result<Snap
     eprintln!("  set-based: {set_based:?}");
     eprintln!("calendar-sync takes the initial snapshot");
     let mut peaks = Peaks::default();
-    let mut sync = CalendarSync::spawn(bench, db, true, "snapshot")?;
+    let mut sync = CalendarSync::spawn(bench, db, args.stamp, "snapshot")?;
     let (client, slot) = (&db.client, db.name.as_str());
     let mut outcome = sync
         .wait(
@@ -371,7 +371,7 @@ async fn steady(bench: &Bench, args: &Args) -> anyhow::Result<Steady> {
 /// event. An event counts as visible at the start of the first query that
 /// returns it, so the figure errs high by at most one poll (2 ms + a query).
 async fn steady_in(bench: &Bench, args: &Args, db: &Db) -> anyhow::Result<Steady> {
-    let sync = start_streaming(bench, db, true, "steady").await?;
+    let sync = start_streaming(bench, db, args.stamp, "steady").await?;
     let writer = connect(&db.url).await?;
     let poller = connect(&db.url).await?;
     let insert = writer.prepare("select bench_insert($1, 1)").await?;

@@ -282,17 +282,24 @@ impl Writer {
         if b.open {
             return Ok(());
         }
-        self.target
-            .batch_execute("begin")
-            .await
-            .map_err(db("beginning the target transaction"))?;
-        b.open = true;
-        if let Some(marker) = &self.t.emit_echo_marker {
-            self.target
-                .query_one(marker, &[&ECHO_PREFIX, &self.slot])
+        // Pipelined: the marker goes out with the begin (one round trip).
+        match &self.t.emit_echo_marker {
+            Some(marker) => {
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+                    [&ECHO_PREFIX, &self.slot];
+                tokio::try_join!(
+                    self.target.batch_execute("begin"),
+                    self.target.query_one(marker, &params),
+                )
+                .map_err(db("beginning the target transaction as calendar-sync's own (calendar_sync_echo; has `calendar-sync migrate` run, and may this role insert into calendar_sync_echo?)"))?;
+            }
+            None => self
+                .target
+                .batch_execute("begin")
                 .await
-                .map_err(db("marking the target transaction as calendar-sync's own (calendar_sync_echo; has `calendar-sync migrate` run, and may this role insert into calendar_sync_echo?)"))?;
+                .map_err(db("beginning the target transaction"))?,
         }
+        b.open = true;
         Ok(())
     }
 

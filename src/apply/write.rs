@@ -158,13 +158,15 @@ impl Writer {
         }
     }
 
-    /// Runs a plan's statements under one savepoint.
+    /// Runs a plan's statements under one savepoint, pipelined: the
+    /// savepoint, every statement and the release go out together and the
+    /// server runs them in order (one round trip). After a failure the rest
+    /// fail as "transaction aborted"; the first error is the one that counts.
     async fn write_plan(&mut self, plan: Plan) -> Result<Outcome, SyncError> {
         let retry = matches!(self.batch.as_ref().map(|b| b.kind), Some(BatchKind::Retry));
-        self.savepoint("chunk").await?;
+        self.metrics.savepoint();
         match self.statements(&plan, retry).await {
             Ok(()) => {
-                self.release("chunk").await?;
                 self.stamp(&plan.stamps).await?;
                 Ok(Outcome::Written(plan))
             }
@@ -178,29 +180,42 @@ impl Writer {
 
     async fn statements(&self, plan: &Plan, retry: bool) -> Result<(), tokio_postgres::Error> {
         let t = &self.target;
-        if !plan.deletes.is_empty() {
-            t.execute(&self.t.delete_events, &[&plan.deletes]).await?;
-        }
-        if !plan.updates.is_empty() {
-            let rows: Vec<(Uuid, &plan::StoredEvent)> =
-                plan.updates.iter().map(|e| (Uuid::nil(), e)).collect();
-            EventArrays::new(&rows)
-                .execute(t, &self.t.update_events)
-                .await?;
-        }
-        if !plan.inserts.is_empty() {
-            let rows: Vec<(Uuid, &plan::StoredEvent)> =
-                plan.inserts.iter().map(|(id, e)| (*id, e)).collect();
-            EventArrays::new(&rows)
-                .execute(t, &self.t.insert_events)
-                .await?;
-        }
-        self.write_log(&plan.log).await?;
-        self.write_failures(&plan.failures, retry).await?;
-        if !plan.resolved.is_empty() {
-            t.execute(&self.t.resolve_failures, &[&plan.resolved])
-                .await?;
-        }
+        let updates: Vec<(Uuid, &plan::StoredEvent)> =
+            plan.updates.iter().map(|e| (Uuid::nil(), e)).collect();
+        let updates = EventArrays::new(&updates);
+        let inserts: Vec<(Uuid, &plan::StoredEvent)> =
+            plan.inserts.iter().map(|(id, e)| (*id, e)).collect();
+        let inserts = EventArrays::new(&inserts);
+        tokio::try_join!(
+            t.batch_execute("savepoint chunk"),
+            async {
+                if plan.deletes.is_empty() {
+                    return Ok(0);
+                }
+                t.execute(&self.t.delete_events, &[&plan.deletes]).await
+            },
+            async {
+                if plan.updates.is_empty() {
+                    return Ok(0);
+                }
+                updates.execute(t, &self.t.update_events).await
+            },
+            async {
+                if plan.inserts.is_empty() {
+                    return Ok(0);
+                }
+                inserts.execute(t, &self.t.insert_events).await
+            },
+            self.write_log(&plan.log),
+            self.write_failures(&plan.failures, retry),
+            async {
+                if plan.resolved.is_empty() {
+                    return Ok(0);
+                }
+                t.execute(&self.t.resolve_failures, &[&plan.resolved]).await
+            },
+            t.batch_execute("release savepoint chunk"),
+        )?;
         Ok(())
     }
 
@@ -311,9 +326,15 @@ impl Writer {
         if ids.is_empty() || !self.write_synced_at {
             return Ok(());
         }
-        self.savepoint("stamp").await?;
-        match self.target.execute(stmt, &[&ids]).await {
-            Ok(_) => self.release("stamp").await,
+        self.metrics.savepoint();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ids];
+        let stamped = tokio::try_join!(
+            self.target.batch_execute("savepoint stamp"),
+            self.target.execute(stmt, &params),
+            self.target.batch_execute("release savepoint stamp"),
+        );
+        match stamped {
+            Ok(_) => Ok(()),
             Err(e) if classify_pg(&e) == ErrorClass::Transient => {
                 Err(SyncError::db("stamping calendar_synced_at", e))
             }
@@ -322,21 +343,6 @@ impl Writer {
                 self.rollback_to("stamp").await
             }
         }
-    }
-
-    async fn savepoint(&self, name: &str) -> Result<(), SyncError> {
-        self.metrics.savepoint();
-        self.target
-            .batch_execute(&format!("savepoint {name}"))
-            .await
-            .map_err(db("setting a savepoint"))
-    }
-
-    async fn release(&self, name: &str) -> Result<(), SyncError> {
-        self.target
-            .batch_execute(&format!("release savepoint {name}"))
-            .await
-            .map_err(db("releasing a savepoint"))
     }
 
     async fn rollback_to(&self, name: &str) -> Result<(), SyncError> {
