@@ -74,7 +74,10 @@ impl CalendarSync {
             .env("CALENDAR_SYNC_PUBLICATION", &db.name)
             .env("CALENDAR_SYNC_HTTP_ADDR", http.to_string())
             .env("CALENDAR_SYNC_WRITE_SYNCED_AT", stamp.to_string())
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

@@ -211,6 +211,7 @@ async fn session(
         progress,
         acked: Lsn::ZERO,
         ackable: Lsn::ZERO,
+        released_at: std::time::Instant::now(),
         framer: Framer::new(),
         relations: RelationCache::new(cfg.participants.clone(), tracked),
         last_commit_ts: None,
@@ -247,6 +248,10 @@ async fn finish(repl: &mut ReplicationClient, cfg: &Config, acked: Lsn) {
     let _ = tokio::time::timeout(Duration::from_secs(3), repl.shutdown()).await;
 }
 
+/// After a batch commit, acknowledgements are released (one publication
+/// check) at most this often; the tick releases the rest.
+const RELEASE_EVERY: Duration = Duration::from_millis(500);
+
 /// How often, between transactions, due failures are retried and the lag
 /// metrics refreshed.
 const TICK: Duration = Duration::from_secs(2);
@@ -269,6 +274,8 @@ struct Streamer<'a> {
     acked: Lsn,
     /// Highest LSN that may be reported, once the publication is checked.
     ackable: Lsn,
+    /// When `release_acks` last ran its publication check.
+    released_at: std::time::Instant,
     framer: Framer,
     relations: RelationCache,
     last_commit_ts: Option<DateTime<Utc>>,
@@ -377,6 +384,11 @@ impl Streamer<'_> {
         if let Some(lsn) = committed {
             tracing::debug!(%lsn, "applied a batch of source transactions");
             self.ack(lsn);
+            // Under a steady flow the tick (between transactions) may come
+            // late: release at most every RELEASE_EVERY from here too.
+            if self.released_at.elapsed() >= RELEASE_EVERY {
+                self.release_acks().await?;
+            }
         }
         Ok(committed.is_some())
     }
@@ -533,6 +545,7 @@ impl Streamer<'_> {
         if upto <= self.acked {
             return Ok(());
         }
+        self.released_at = std::time::Instant::now();
         client::check_publication(&self.source, self.cfg, self.relations.tracked()).await?;
         self.acked = upto;
         self.repl.update_applied_lsn(upto.into());
