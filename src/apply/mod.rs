@@ -287,11 +287,11 @@ impl Writer {
             Some(marker) => {
                 let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
                     [&ECHO_PREFIX, &self.slot];
-                tokio::try_join!(
+                let (begun, marked) = tokio::join!(
                     self.target.batch_execute("begin"),
                     self.target.query_one(marker, &params),
-                )
-                .map_err(db("beginning the target transaction as calendar-sync's own (calendar_sync_echo; has `calendar-sync migrate` run, and may this role insert into calendar_sync_echo?)"))?;
+                );
+                begun.and(marked.map(|_| ())).map_err(db("beginning the target transaction as calendar-sync's own (calendar_sync_echo; has `calendar-sync migrate` run, and may this role insert into calendar_sync_echo?)"))?;
             }
             None => self
                 .target

@@ -97,12 +97,20 @@ impl Writer {
         let by_id: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ids];
         let by_party: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&customers, &contacts];
         // Three queries, pipelined on the one connection: one round trip.
-        let (events, failing, names) = tokio::try_join!(
+        // `join!`, not `try_join!`: it polls in rotating order, so the first
+        // error it would return may be a later statement's "transaction is
+        // aborted"; the results are checked in statement order instead.
+        let (events, failing, names) = tokio::join!(
             self.target.query(&self.t.select_events, &by_id),
             self.target.query(&self.t.select_failing, &by_id),
             self.target.query(&self.t.select_names, &by_party),
-        )
-        .map_err(db("reading the chunk's events, failures and names"))?;
+        );
+        let read = db("reading the chunk's events, failures and names");
+        let (events, failing, names) = (
+            events.map_err(&read)?,
+            failing.map_err(&read)?,
+            names.map_err(&read)?,
+        );
         let mut known = Known::default();
         for r in &events {
             let id: Uuid = r
@@ -186,7 +194,8 @@ impl Writer {
         let inserts: Vec<(Uuid, &plan::StoredEvent)> =
             plan.inserts.iter().map(|(id, e)| (*id, e)).collect();
         let inserts = EventArrays::new(&inserts);
-        tokio::try_join!(
+        // Pipelined; checked in statement order (see `load`).
+        let (sp, deleted, updated, inserted, logged, failed, resolved, released) = tokio::join!(
             t.batch_execute("savepoint chunk"),
             async {
                 if plan.deletes.is_empty() {
@@ -215,7 +224,15 @@ impl Writer {
                 t.execute(&self.t.resolve_failures, &[&plan.resolved]).await
             },
             t.batch_execute("release savepoint chunk"),
-        )?;
+        );
+        sp?;
+        deleted?;
+        updated?;
+        inserted?;
+        logged?;
+        failed?;
+        resolved?;
+        released?;
         Ok(())
     }
 
@@ -328,11 +345,12 @@ impl Writer {
         }
         self.metrics.savepoint();
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ids];
-        let stamped = tokio::try_join!(
+        let (sp, stamped, released) = tokio::join!(
             self.target.batch_execute("savepoint stamp"),
             self.target.execute(stmt, &params),
             self.target.batch_execute("release savepoint stamp"),
         );
+        let stamped = sp.and(stamped).and(released);
         match stamped {
             Ok(_) => Ok(()),
             Err(e) if classify_pg(&e) == ErrorClass::Transient => {
