@@ -1,43 +1,20 @@
-//! The replication connection (pgwire-replication), the slot, and the initial
-//! snapshot.
-//!
-//! # A snapshot consistent with the slot
-//!
-//! `CREATE_REPLICATION_SLOT ... EXPORT_SNAPSHOT` on a gated replication session
-//! returns the slot's consistent point and the name of a snapshot that sees
-//! exactly the transactions committed before it. A `REPEATABLE READ` transaction
-//! imports it (`SET TRANSACTION SNAPSHOT`) and copies the interactions; the
-//! stream then delivers every transaction committed after the consistent point.
-//! Nothing is missed and nothing doubles. The snapshot lives only until the
-//! replication session runs another command, so it is imported *before*
-//! `START_REPLICATION` (verified in shared/research/replication-crates.md).
-//!
-//! The snapshot's events and the progress row (lsn = consistent point) commit in
-//! one target transaction. A slot with no progress row therefore means the
-//! snapshot never finished (e.g. kill -9): the slot is dropped and created anew.
+//! The replication connection (pgwire-replication), the slot and its lock,
+//! the stored progress, and what to do with them at start ([`plan`], pure).
+//! The initial snapshot is in [`super::snapshot`], the preflight checks in
+//! [`super::preflight`].
 
-use std::str::FromStr;
-use std::time::Duration;
-
-use chrono::{DateTime, Utc};
-use pgwire_replication::{ReplicationClient, ReplicationConfig};
-use tokio_postgres::Client;
-
-use crate::apply::{BatchKind, RowChange, Writer};
-use crate::changes::{Party, TableId, TrackedTables};
 use crate::config::Config;
-use crate::db::{self, quote_ident, quote_literal};
+use crate::db::{self};
 use crate::error::SyncError;
 use crate::lsn::Lsn;
-use crate::mapping::fields::contact_name;
-use crate::mapping::InteractionRow;
-use crate::stream::Shutdown;
 use crate::tls::TlsSettings;
+use pgwire_replication::ReplicationConfig;
+use std::str::FromStr;
+use std::time::Duration;
+use tokio_postgres::Client;
 
-/// Rows fetched per round trip while copying the snapshot.
-const SNAPSHOT_BATCH: i32 = 5000;
-/// At most one snapshot progress line per this interval.
-const SNAPSHOT_LOG_EVERY: Duration = Duration::from_secs(5);
+pub use super::preflight::{check_publication, preflight, resolve_tables};
+pub use super::snapshot::{create_slot_and_snapshot, rollback_bounded};
 
 /// The slot as `pg_replication_slots` shows it.
 #[derive(Debug, Clone)]
@@ -130,303 +107,6 @@ pub fn replication_config(cfg: &Config) -> Result<ReplicationConfig, SyncError> 
     Ok(rc)
 }
 
-/// How often the slot lock is checked while the initial snapshot is taken.
-/// Each check is also traffic on the lock's session, so that an
-/// `idle_session_timeout` on the server does not end it.
-const LOCK_CHECK_INTERVAL: Duration = Duration::from_secs(2);
-
-/// How long an abandoned batch's rollback may take. A statement still in
-/// flight on the connection (one waiting for a lock) would hold the rollback
-/// back until it ends; the connection is dropped instead, and the server
-/// rolls the transaction back.
-const ROLLBACK_WAIT: Duration = Duration::from_secs(1);
-
-/// Rolls back an abandoned batch, waiting at most [`ROLLBACK_WAIT`].
-pub async fn rollback_bounded(writer: &mut Writer) {
-    if tokio::time::timeout(ROLLBACK_WAIT, writer.rollback())
-        .await
-        .is_err()
-    {
-        tracing::debug!("rollback queued behind an abandoned statement; the dropped connection rolls back instead");
-    }
-}
-
-/// Creates the slot, copies the interactions of its exported snapshot into the
-/// target with the progress row, and returns the session ready to `start()`;
-/// `None` when `shutdown` came first (nothing committed: the next start drops
-/// the slot and takes a new snapshot).
-///
-/// `lock` is the session holding the slot's advisory lock ([`lock_slot`]).
-/// While the snapshot is taken it is checked every [`LOCK_CHECK_INTERVAL`]
-/// and once more right before the commit: once it is lost, a second process
-/// may drop this slot and create its own, and committing this snapshot's
-/// consistent point would then skip the transactions between the two
-/// consistent points. A lost lock abandons the snapshot as a transient error.
-/// (Left open: a loss during the commit's own round trip.)
-pub async fn create_slot_and_snapshot(
-    cfg: &Config,
-    writer: &mut Writer,
-    lock: &Client,
-    shutdown: &mut Shutdown,
-) -> Result<Option<(ReplicationClient, Lsn)>, SyncError> {
-    enum Outcome {
-        Done(Result<(ReplicationClient, Lsn), SyncError>),
-        Stopped,
-        LockLost(SyncError),
-    }
-    let outcome = {
-        let work = slot_and_snapshot(cfg, writer, lock);
-        tokio::pin!(work);
-        tokio::select! {
-            biased;
-            _ = shutdown.wait_for(|stop| *stop) => Outcome::Stopped,
-            e = watch_slot_lock(lock, &cfg.slot) => Outcome::LockLost(e),
-            r = &mut work => Outcome::Done(r),
-        }
-    };
-    match outcome {
-        Outcome::Done(Ok(done)) => Ok(Some(done)),
-        Outcome::Done(Err(e)) => Err(e),
-        Outcome::Stopped => {
-            rollback_bounded(writer).await;
-            tracing::info!(slot = %cfg.slot, "stop requested: initial snapshot abandoned, not committed; the next start takes it again");
-            Ok(None)
-        }
-        Outcome::LockLost(e) => {
-            rollback_bounded(writer).await;
-            Err(e)
-        }
-    }
-}
-
-/// Returns once the slot lock is no longer held by `lock` (or its session
-/// is gone).
-async fn watch_slot_lock(lock: &Client, slot: &str) -> SyncError {
-    loop {
-        tokio::time::sleep(LOCK_CHECK_INTERVAL).await;
-        if let Err(e) = slot_lock_held(lock, slot).await {
-            return e;
-        }
-    }
-}
-
-async fn slot_and_snapshot(
-    cfg: &Config,
-    writer: &mut Writer,
-    lock: &Client,
-) -> Result<(ReplicationClient, Lsn), SyncError> {
-    let mut repl = ReplicationClient::connect_gated(replication_config(cfg)?)
-        .await
-        .map_err(|e| SyncError::stream("opening the replication session", e))?;
-    // The pre-15 spelling: also accepted by newer servers (and RDS on 13/14).
-    let rows = repl
-        .simple_query(&format!(
-            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT",
-            cfg.slot
-        ))
-        .await
-        .map_err(|e| SyncError::stream("creating the replication slot", e))?;
-    let text = |i: usize| -> Result<String, SyncError> {
-        rows.first()
-            .and_then(|r| r.get(i))
-            .and_then(|v| v.as_ref())
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-            .ok_or_else(|| {
-                SyncError::fatal(
-                    "CREATE_REPLICATION_SLOT returned no consistent point or snapshot",
-                    "see the server log",
-                )
-            })
-    };
-    let consistent_point: Lsn = text(1)?.parse().map_err(|e| {
-        SyncError::fatal(
-            format!("CREATE_REPLICATION_SLOT: {e}"),
-            "see the server log",
-        )
-    })?;
-    let snapshot = text(2)?;
-    tracing::info!(slot = %cfg.slot, %consistent_point, "created replication slot; copying existing interactions");
-
-    let reader = db::connect_limited(&cfg.source_url, "source (snapshot)", cfg.limits()).await?;
-    let copied = copy_snapshot(cfg, &reader, &snapshot, consistent_point, writer, lock).await;
-    if copied.is_err() {
-        rollback_bounded(writer).await;
-    }
-    let copied = copied?;
-    tracing::info!(rows = copied, %consistent_point, "initial snapshot applied");
-    Ok((repl, consistent_point))
-}
-
-async fn copy_snapshot(
-    cfg: &Config,
-    reader: &Client,
-    snapshot: &str,
-    consistent_point: Lsn,
-    writer: &mut Writer,
-    lock: &Client,
-) -> Result<u64, SyncError> {
-    let err = |what: &'static str| move |e| SyncError::db(what, e);
-    reader
-        .batch_execute(&format!(
-            "begin isolation level repeatable read read only; set transaction snapshot {}",
-            quote_literal(snapshot)
-        ))
-        .await
-        .map_err(err("importing the slot's snapshot"))?;
-    let row = reader
-        .query_one(
-            "select now(), greatest(reltuples, 0)::bigint from pg_class where oid = 'interaction'::regclass",
-            &[],
-        )
-        .await
-        .map_err(err("reading the snapshot time"))?;
-    let snapshot_ts: DateTime<Utc> = row.try_get(0).map_err(err("reading the snapshot time"))?;
-    let estimate: i64 = row
-        .try_get(1)
-        .map_err(err("reading the table size estimate"))?;
-    reader
-        .batch_execute(&format!(
-            "declare calendar_sync_snapshot no scroll cursor for select {} from interaction i",
-            InteractionRow::select_list("i")
-        ))
-        .await
-        .map_err(err("opening the snapshot cursor"))?;
-    // The snapshot is applied like a stream of INSERTs at the snapshot time
-    // (contract §7), as one batch ending at the consistent point.
-    writer.begin(BatchKind::Snapshot { consistent_point });
-    // Events left from an earlier slot (a new snapshot after a lost slot, or a
-    // source moved to a cluster whose LSNs are lower) must not refuse the new
-    // history's writes as regressions.
-    writer.forget_event_lsns().await?;
-    copy_party_names(cfg, reader, writer).await?;
-    let fetch = format!("fetch {SNAPSHOT_BATCH} from calendar_sync_snapshot");
-    let started = std::time::Instant::now();
-    let mut logged = started;
-    let mut copied = 0u64;
-    loop {
-        let rows = reader
-            .query(fetch.as_str(), &[])
-            .await
-            .map_err(err("reading the snapshot"))?;
-        if rows.is_empty() {
-            break;
-        }
-        for row in &rows {
-            let id = row.try_get("interaction_id").map_err(|e| {
-                SyncError::fatal(
-                    format!("snapshot: interaction_id: {e}"),
-                    "interaction_id must be a uuid",
-                )
-            })?;
-            writer
-                .push_row(RowChange {
-                    lsn: consistent_point,
-                    ts: snapshot_ts,
-                    id,
-                    row: Some(InteractionRow::from_sql(row)),
-                })
-                .await?;
-            copied += 1;
-        }
-        if logged.elapsed() >= SNAPSHOT_LOG_EVERY {
-            logged = std::time::Instant::now();
-            log_snapshot_progress(copied, estimate, started.elapsed());
-        }
-    }
-    reader
-        .batch_execute("commit")
-        .await
-        .map_err(err("closing the snapshot"))?;
-    slot_lock_held(lock, &cfg.slot).await?;
-    writer.commit().await?;
-    Ok(copied)
-}
-
-/// One progress line: rows done of the `reltuples` estimate, rate, ETA.
-fn log_snapshot_progress(done: u64, estimate: i64, elapsed: Duration) {
-    let rate = done as f64 / elapsed.as_secs_f64().max(0.001);
-    let left = (estimate.max(0) as u64).saturating_sub(done);
-    let eta_s = if rate > 0.0 { left as f64 / rate } else { 0.0 };
-    tracing::info!(
-        rows = done,
-        estimated_total = estimate,
-        rows_per_second = rate.round() as u64,
-        eta_seconds = eta_s.round() as u64,
-        "initial snapshot in progress"
-    );
-}
-
-/// Copies every customer's and contact's display name from the snapshot into
-/// `calendar_sync_party_names`, in batches.
-async fn copy_party_names(
-    cfg: &Config,
-    reader: &Client,
-    writer: &mut Writer,
-) -> Result<(), SyncError> {
-    let p = &cfg.participants;
-    let q = quote_ident;
-    let parties = [
-        (
-            Party::Customer,
-            format!(
-                "select {}, {}::text from {}",
-                q(&p.customer_id),
-                q(&p.customer_name),
-                q(&p.customer_table)
-            ),
-        ),
-        (
-            Party::Contact,
-            format!(
-                "select {}, {}::text, {}::text, {}::text from {}",
-                q(&p.contact_id),
-                q(&p.contact_first_name),
-                q(&p.contact_last_name),
-                q(&p.contact_email),
-                q(&p.contact_table)
-            ),
-        ),
-    ];
-    for (party, select) in parties {
-        let cursor = format!("calendar_sync_{}", party.as_str());
-        reader
-            .batch_execute(&format!("declare {cursor} no scroll cursor for {select}"))
-            .await
-            .map_err(|e| SyncError::db("opening the customer/contact snapshot cursor", e))?;
-        let fetch = format!("fetch {SNAPSHOT_BATCH} from {cursor}");
-        loop {
-            let rows = reader
-                .query(fetch.as_str(), &[])
-                .await
-                .map_err(|e| SyncError::db("reading customer/contact names", e))?;
-            if rows.is_empty() {
-                break;
-            }
-            let mut ids = Vec::with_capacity(rows.len());
-            let mut names = Vec::with_capacity(rows.len());
-            for r in &rows {
-                let id: uuid::Uuid = r.try_get(0).map_err(|e| {
-                    SyncError::fatal(
-                        format!("{} ids must be uuids: {e}", party.as_str()),
-                        "check CALENDAR_SYNC_CUSTOMER_ID_COLUMN / CALENDAR_SYNC_CONTACT_ID_COLUMN",
-                    )
-                })?;
-                let text = |i: usize| r.try_get::<_, Option<String>>(i).ok().flatten();
-                let name = match party {
-                    Party::Customer => text(1),
-                    Party::Contact => {
-                        contact_name(text(1).as_deref(), text(2).as_deref(), text(3).as_deref())
-                    }
-                };
-                ids.push(id);
-                names.push(name);
-            }
-            writer.copy_party_names(party, &ids, &names).await?;
-        }
-    }
-    Ok(())
-}
-
 /// Takes the session-level advisory lock that makes this process the only
 /// calendar-sync working on `slot` (in this source database) until its
 /// connection closes. The slot itself is not held while the initial snapshot is
@@ -489,183 +169,6 @@ pub async fn slot_lock_held(lock: &Client, slot: &str) -> Result<(), SyncError> 
     }
 }
 
-/// Checks what the server must offer before a slot can stream, so that each
-/// missing piece is one clear error with its fix. Returns the tables the
-/// session follows.
-pub async fn preflight(source: &Client, cfg: &Config) -> Result<TrackedTables, SyncError> {
-    let err = |what: &'static str| move |e| SyncError::db(what, e);
-    let version: i32 = source
-        .query_one("select current_setting('server_version_num')::int", &[])
-        .await
-        .map_err(err("reading server_version_num"))?
-        .get(0);
-    if version < 140000 {
-        return Err(SyncError::fatal(
-            format!("PostgreSQL {} is too old: pgoutput accepts logical messages (echo suppression) from 14 on", version / 10000),
-            "upgrade the source to PostgreSQL 14 or newer (15+ for publication column lists)",
-        ));
-    }
-    let wal_level: String = source
-        .query_one("select current_setting('wal_level')", &[])
-        .await
-        .map_err(err("reading wal_level"))?
-        .get(0);
-    if wal_level != "logical" {
-        return Err(SyncError::fatal(
-            format!("wal_level is {wal_level}, logical replication needs logical"),
-            "set wal_level = logical and restart PostgreSQL (on RDS: parameter rds.logical_replication = 1, then reboot)",
-        ));
-    }
-    let may_replicate: bool = source
-        .query_one(
-            "select r.rolsuper or r.rolreplication
-                    or (exists (select 1 from pg_roles where rolname = 'rds_replication')
-                        and pg_has_role(current_user, 'rds_replication', 'member'))
-               from pg_roles r where r.rolname = current_user",
-            &[],
-        )
-        .await
-        .map_err(err("reading the role's attributes"))?
-        .get(0);
-    if !may_replicate {
-        return Err(SyncError::fatal(
-            "the database role has no replication rights",
-            "ALTER ROLE <role> REPLICATION (on RDS: GRANT rds_replication TO <role>)",
-        ));
-    }
-    let tracked = resolve_tables(source, cfg).await?;
-    check_publication(source, cfg, &tracked).await?;
-    Ok(tracked)
-}
-
-/// The configured table names, each with what stops working without it.
-fn configured_tables(cfg: &Config) -> [(&str, &'static str); 3] {
-    let p = &cfg.participants;
-    [
-        ("interaction", "no change of an interaction would arrive"),
-        (
-            p.customer_table.as_str(),
-            "customer renames would no longer refresh participants",
-        ),
-        (
-            p.contact_table.as_str(),
-            "contact renames would no longer refresh participants",
-        ),
-    ]
-}
-
-/// Resolves interaction, customer and contact to the tables they name in
-/// this connection's search_path (the ones `migrate` put in the publication):
-/// relation OID and schema-qualified name. The session then follows these
-/// tables by OID (see `changes`' module docs).
-///
-/// A name that resolves to nothing is transient: the likely cause is a CRM
-/// migration that renamed the table for a moment (a running session follows
-/// such a rename; a starting one cannot know which table it should follow).
-pub async fn resolve_tables(source: &Client, cfg: &Config) -> Result<TrackedTables, SyncError> {
-    let [interaction, customer, contact] = configured_tables(cfg).map(|(table, _)| table);
-    Ok(TrackedTables {
-        interaction: resolve_table(source, interaction).await?,
-        customer: resolve_table(source, customer).await?,
-        contact: resolve_table(source, contact).await?,
-    })
-}
-
-async fn resolve_table(source: &Client, table: &str) -> Result<TableId, SyncError> {
-    let row = source
-        .query_opt(
-            "select c.oid, n.nspname::text, c.relname::text
-               from pg_class c join pg_namespace n on n.oid = c.relnamespace
-              where c.oid = to_regclass($1)",
-            &[&quote_ident(table)],
-        )
-        .await
-        .map_err(|e| SyncError::db(format!("looking up table {table}"), e))?;
-    let Some(row) = row else {
-        return Err(SyncError::transient(
-            format!("looking up table {table}"),
-            format!("no table {table} in the search_path of DATABASE_URL (renamed by a running migration? calendar-sync retries); if it lives in another schema, set options=-csearch_path=<schema> in DATABASE_URL"),
-        ));
-    };
-    Ok(TableId {
-        oid: row.get(0),
-        schema: row.get(1),
-        name: row.get(2),
-    })
-}
-
-/// The publication exists and holds the tracked tables, by OID (a renamed one
-/// still counts), and no configured name now names another table than the
-/// tracked one. Run at start and before every acknowledgement (see the
-/// runner's module docs): `ALTER PUBLICATION .. DROP TABLE`, or `ALTER TABLE ..
-/// DROP COLUMN .. CASCADE` of a listed column, takes a table out of the
-/// publication without a trace in the stream, after which its changes would
-/// silently stop arriving.
-pub async fn check_publication(
-    source: &Client,
-    cfg: &Config,
-    tracked: &TrackedTables,
-) -> Result<(), SyncError> {
-    let names = configured_tables(cfg);
-    // pg_publication_tables covers FOR TABLE, FOR TABLES IN SCHEMA and FOR ALL
-    // TABLES; (schemaname, tablename) is unique in pg_class.
-    let row = source
-        .query_one(
-            "select exists (select 1 from pg_publication where pubname = $1),
-                    array(select c.oid
-                            from pg_publication_tables t
-                            join pg_namespace n on n.nspname = t.schemaname
-                            join pg_class c on c.relnamespace = n.oid and c.relname = t.tablename
-                           where t.pubname = $1),
-                    to_regclass($2)::oid, to_regclass($3)::oid, to_regclass($4)::oid",
-            &[
-                &cfg.publication,
-                &quote_ident(names[0].0),
-                &quote_ident(names[1].0),
-                &quote_ident(names[2].0),
-            ],
-        )
-        .await
-        .map_err(|e| SyncError::db("reading the publication's tables", e))?;
-    let exists: bool = row.get(0);
-    if !exists {
-        return Err(SyncError::fatal(
-            format!("publication {} does not exist", cfg.publication),
-            "run `calendar-sync migrate` (it creates the publication), or set CALENDAR_SYNC_PUBLICATION",
-        ));
-    }
-    let published: Vec<u32> = row.get(1);
-    for (i, (ours, (table, consequence))) in tracked.iter().zip(names).enumerate() {
-        if !published.contains(&ours.oid) {
-            return Err(SyncError::fatal(
-                format!(
-                    "publication {} does not publish {table} ({ours}): {consequence}",
-                    cfg.publication
-                ),
-                format!(
-                    "a DROP COLUMN ... CASCADE of a published column removes the table from the publication; restore the column, then ALTER PUBLICATION {} ADD TABLE {table} (<its mapped columns>), or drop the publication and run `calendar-sync migrate`",
-                    cfg.publication
-                ),
-            ));
-        }
-        let now: Option<u32> = row.get(i + 2);
-        if let Some(now) = now.filter(|now| *now != ours.oid) {
-            return Err(SyncError::fatal(
-                format!(
-                    "{table} now names another table (relation id {now}) than the one calendar-sync follows ({ours}): it was dropped and re-created, or swapped for another"
-                ),
-                format!(
-                    "calendar-sync follows a table by identity and will not guess which of the two holds the data; to follow the new {table}: make sure it is in publication {} (ALTER PUBLICATION {} ADD TABLE ..., or drop the publication and run `calendar-sync migrate`), then drop the slot (select pg_drop_replication_slot('{slot}')) and `delete from calendar_sync_progress where slot_name = '{slot}'` in the target, and start again to take a new snapshot",
-                    cfg.publication,
-                    cfg.publication,
-                    slot = cfg.slot
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// Drops a slot whose snapshot never finished. Refuses when a session holds it.
 pub async fn drop_unfinished_slot(source: &Client, slot: &str) -> Result<(), SyncError> {
     tracing::warn!(slot, "slot exists but its initial snapshot never committed (interrupted start): dropping it to take a new one");
@@ -674,4 +177,131 @@ pub async fn drop_unfinished_slot(source: &Client, slot: &str) -> Result<(), Syn
         .await
         .map_err(|e| SyncError::db("dropping the unfinished slot", e))?;
     Ok(())
+}
+
+/// What a starting session does with its slot (see [`plan`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartPlan {
+    /// Stream from the stored progress.
+    Resume { progress: Lsn },
+    /// Take a new slot and snapshot, dropping an unfinished one first.
+    Snapshot { drop_unfinished: bool },
+}
+
+/// PURE: decides from the stored progress and the slot as
+/// `pg_replication_slots` shows it what a starting session does. Every case
+/// that cannot go on is an error that says why and what to do.
+pub fn plan(
+    slot_name: &str,
+    stored: Option<Lsn>,
+    slot: Option<&SlotInfo>,
+) -> Result<StartPlan, SyncError> {
+    if let Some(s) = slot.filter(|s| !s.this_database) {
+        return Err(SyncError::fatal(
+            format!(
+                "replication slot {slot_name} belongs to database {:?}, not to the one in DATABASE_URL",
+                s.database
+            ),
+            "slots are per database: give each source database its own CALENDAR_SYNC_SLOT",
+        ));
+    }
+    if let Some(s) = slot.filter(|s| s.plugin.as_deref() != Some("pgoutput")) {
+        return Err(SyncError::fatal(
+            format!(
+                "replication slot {slot_name} uses plugin {:?}, not pgoutput",
+                s.plugin
+            ),
+            "choose another CALENDAR_SYNC_SLOT; calendar-sync never drops a slot it did not create",
+        ));
+    }
+    match (stored, slot) {
+        (Some(_), Some(s)) if s.wal_status.as_deref() == Some("lost") => Err(SyncError::fatal(
+            format!("replication slot {slot_name} was invalidated (wal_status = lost): the WAL it needed is gone"),
+            format!("raise max_slot_wal_keep_size; then `delete from calendar_sync_progress where slot_name = '{slot_name}'`, drop the slot, and start again to take a new snapshot"),
+        )),
+        (Some(progress), Some(_)) => Ok(StartPlan::Resume { progress }),
+        (Some(_), None) => Err(SyncError::fatal(
+            format!("replication slot {slot_name} does not exist, but calendar_sync_progress says it was streaming: changes made while it was gone cannot be replayed"),
+            format!("to start over with a new snapshot: `delete from calendar_sync_progress where slot_name = '{slot_name}'` in the target and run again (a new snapshot re-syncs every interaction); events of interactions deleted meanwhile stay until removed by hand"),
+        )),
+        (None, Some(s)) if s.active_pid.is_some() => Err(SyncError::transient(
+            "taking the initial snapshot",
+            format!(
+                "slot {slot_name} is held by pid {:?} (another calendar-sync starting?)",
+                s.active_pid
+            ),
+        )),
+        (None, Some(_)) => Ok(StartPlan::Snapshot {
+            drop_unfinished: true,
+        }),
+        (None, None) => Ok(StartPlan::Snapshot {
+            drop_unfinished: false,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot() -> SlotInfo {
+        SlotInfo {
+            this_database: true,
+            active_pid: None,
+            wal_status: Some("reserved".into()),
+            plugin: Some("pgoutput".into()),
+            database: Some("crm".into()),
+            confirmed_flush: Some(Lsn(100)),
+        }
+    }
+
+    #[test]
+    fn a_slot_with_progress_resumes_from_the_progress() {
+        assert_eq!(
+            plan("s", Some(Lsn(42)), Some(&slot())).ok(),
+            Some(StartPlan::Resume { progress: Lsn(42) })
+        );
+    }
+
+    #[test]
+    fn no_progress_takes_a_snapshot_dropping_an_unfinished_slot() {
+        assert_eq!(
+            plan("s", None, None).ok(),
+            Some(StartPlan::Snapshot {
+                drop_unfinished: false
+            })
+        );
+        assert_eq!(
+            plan("s", None, Some(&slot())).ok(),
+            Some(StartPlan::Snapshot {
+                drop_unfinished: true
+            })
+        );
+    }
+
+    #[test]
+    fn cases_that_cannot_go_on_are_errors_of_the_right_kind() {
+        let lost = SlotInfo {
+            wal_status: Some("lost".into()),
+            ..slot()
+        };
+        let active = SlotInfo {
+            active_pid: Some(7),
+            ..slot()
+        };
+        let other_db = SlotInfo {
+            this_database: false,
+            ..slot()
+        };
+        let other_plugin = SlotInfo {
+            plugin: Some("wal2json".into()),
+            ..slot()
+        };
+        let fatal = |r: Result<StartPlan, SyncError>| r.is_err_and(|e| !e.is_transient());
+        assert!(fatal(plan("s", Some(Lsn(1)), Some(&lost))));
+        assert!(fatal(plan("s", Some(Lsn(1)), None)));
+        assert!(fatal(plan("s", None, Some(&other_db))));
+        assert!(fatal(plan("s", Some(Lsn(1)), Some(&other_plugin))));
+        assert!(plan("s", None, Some(&active)).is_err_and(|e| e.is_transient()));
+    }
 }

@@ -128,61 +128,20 @@ async fn session(
     // committing its snapshot.
     let stored = client::stored_progress(&target, &cfg.slot).await?;
     let slot = client::slot_info(&source, &cfg.slot).await?;
-    if let Some(s) = slot.as_ref().filter(|s| !s.this_database) {
-        return Err(SyncError::fatal(
-            format!(
-                "replication slot {} belongs to database {:?}, not to the one in DATABASE_URL",
-                cfg.slot, s.database
-            ),
-            "slots are per database: give each source database its own CALENDAR_SYNC_SLOT",
-        ));
-    }
-    if let Some(s) = slot
-        .as_ref()
-        .filter(|s| s.plugin.as_deref() != Some("pgoutput"))
-    {
-        return Err(SyncError::fatal(
-            format!(
-                "replication slot {} uses plugin {:?}, not pgoutput",
-                cfg.slot, s.plugin
-            ),
-            "choose another CALENDAR_SYNC_SLOT; calendar-sync never drops a slot it did not create",
-        ));
-    }
+    let plan = client::plan(&cfg.slot, stored, slot.as_ref())?;
     let mut writer = Writer::new(cfg, target, lookups, metrics.clone()).await?;
     let echo = EchoCheck::prepare(&source).await?;
 
-    let (mut repl, progress) = match (stored, slot) {
-        (Some(progress), Some(slot)) => {
-            if slot.wal_status.as_deref() == Some("lost") {
-                return Err(SyncError::fatal(
-                    format!("replication slot {} was invalidated (wal_status = lost): the WAL it needed is gone", cfg.slot),
-                    format!("raise max_slot_wal_keep_size; then `delete from calendar_sync_progress where slot_name = '{}'`, drop the slot, and start again to take a new snapshot", cfg.slot),
-                ));
-            }
-            tracing::info!(slot = %cfg.slot, %progress, confirmed_flush = ?slot.confirmed_flush.map(|l| l.to_string()), "resuming");
+    let (mut repl, progress) = match plan {
+        client::StartPlan::Resume { progress } => {
+            tracing::info!(slot = %cfg.slot, %progress, confirmed_flush = ?slot.and_then(|s| s.confirmed_flush).map(|l| l.to_string()), "resuming");
             let repl = ReplicationClient::connect(client::replication_config(cfg)?)
                 .await
                 .map_err(|e| SyncError::stream("opening the replication session", e))?;
             (repl, progress)
         }
-        (Some(_), None) => {
-            return Err(SyncError::fatal(
-                format!("replication slot {} does not exist, but calendar_sync_progress says it was streaming: changes made while it was gone cannot be replayed", cfg.slot),
-                format!("to start over with a new snapshot: `delete from calendar_sync_progress where slot_name = '{}'` in the target and run again (a new snapshot re-syncs every interaction); events of interactions deleted meanwhile stay until removed by hand, as there is no `reconcile` command yet", cfg.slot),
-            ));
-        }
-        (None, slot) => {
-            if let Some(s) = slot {
-                if s.active_pid.is_some() {
-                    return Err(SyncError::transient(
-                        "taking the initial snapshot",
-                        format!(
-                            "slot {} is held by pid {:?} (another calendar-sync starting?)",
-                            cfg.slot, s.active_pid
-                        ),
-                    ));
-                }
+        client::StartPlan::Snapshot { drop_unfinished } => {
+            if drop_unfinished {
                 client::drop_unfinished_slot(&source, &cfg.slot).await?;
             }
             let Some((mut repl, consistent_point)) =
