@@ -321,3 +321,87 @@ async fn every_metric_the_alerts_and_the_dashboard_query_exists_on_metrics() {
         missing.join("\n")
     );
 }
+
+fn json(rel: &str) -> serde_json::Value {
+    serde_json::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel} is not JSON: {e}"))
+}
+
+fn env_value<'a>(container: &'a serde_json::Value, name: &str) -> Option<&'a str> {
+    container["environment"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)?["value"]
+        .as_str()
+}
+
+/// The ECS files agree with each other, the Dockerfile and the alert rules:
+/// the CA bundle path, the health check, the Prometheus job, one task per slot.
+#[test]
+fn ecs_definitions_agree_with_the_image_and_the_alerts() {
+    const CA: &str = "/etc/ssl/rds-global-bundle.pem";
+    let dockerfile = read("deploy/Dockerfile");
+    assert!(
+        dockerfile.contains(&format!("ADD ${{RDS_CA_URL}} {CA}"))
+            && dockerfile.contains(&format!("\"$RDS_CA_SHA256  {CA}\" | sha256sum -c")),
+        "the Dockerfile must fetch the RDS bundle to {CA} and check its sha256"
+    );
+    assert!(read("deploy/README.md").contains(CA));
+    assert!(read("README.md").contains(CA));
+
+    let run = json("deploy/ecs-task-definition.json");
+    let migrate = json("deploy/ecs-migrate-task-definition.json");
+    let [c] = run["containerDefinitions"]
+        .as_array()
+        .expect("containers")
+        .as_slice()
+    else {
+        panic!("the streaming task has exactly one container (no migrate in it)")
+    };
+    assert_eq!(c["command"], serde_json::json!(["run"]));
+    assert_eq!(
+        c["healthCheck"]["command"],
+        serde_json::json!(["CMD", "/usr/local/bin/calendar-sync", "healthcheck"])
+    );
+    let start = c["healthCheck"]["startPeriod"]
+        .as_u64()
+        .expect("startPeriod");
+    assert!((60..=300).contains(&start), "ECS allows 0-300 s: {start}");
+    assert!(c["stopTimeout"].as_u64().is_some_and(|s| s >= 30));
+    assert_eq!(
+        c["dockerLabels"]["ECS_PROMETHEUS_JOB_NAME"],
+        "calendar-sync"
+    );
+    assert!(read("deploy/prometheus/alerts.yml").contains("up{job=\"calendar-sync\"}"));
+    let [m] = migrate["containerDefinitions"]
+        .as_array()
+        .expect("containers")
+        .as_slice()
+    else {
+        panic!("the migrate task has exactly one container")
+    };
+    assert_eq!(m["command"], serde_json::json!(["migrate"]));
+    assert_ne!(env_value(c, "PGUSER"), env_value(m, "PGUSER"), "two roles");
+    for (what, c) in [("run", c), ("migrate", m)] {
+        assert_eq!(env_value(c, "PGSSLMODE"), Some("verify-full"), "{what}");
+        assert_eq!(env_value(c, "PGSSLROOTCERT"), Some(CA), "{what}");
+        let secrets = c["secrets"].as_array().expect("secrets");
+        assert!(
+            secrets.iter().all(|s| s["name"] == "PGPASSWORD"
+                && s["valueFrom"]
+                    .as_str()
+                    .is_some_and(|v| v.ends_with(":password::"))),
+            "{what}: only PGPASSWORD, from the secret's JSON key `password`"
+        );
+        assert!(env_value(c, "PGPASSWORD").is_none() && env_value(c, "DATABASE_URL").is_none());
+    }
+    let service = json("deploy/ecs-service.json");
+    let d = &service["deploymentConfiguration"];
+    assert_eq!(
+        (
+            d["minimumHealthyPercent"].as_u64(),
+            d["maximumPercent"].as_u64()
+        ),
+        (Some(0), Some(100))
+    );
+    assert_eq!(service["desiredCount"], 1);
+}
