@@ -43,7 +43,7 @@ fn spawn(db: &TestDb, extra: &[(&str, String)]) -> std::process::Child {
     spawn_run(db, extra, Stdio::null())
 }
 
-async fn sigterm_and_wait(child: &mut std::process::Child) -> (Option<i32>, Duration) {
+pub(crate) async fn sigterm_and_wait(child: &mut std::process::Child) -> (Option<i32>, Duration) {
     let sent = Instant::now();
     let status = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -106,7 +106,7 @@ async fn sigterm_in_the_middle_of_a_large_transaction_exits_zero_and_loses_nothi
     assert_eq!(code, Some(0));
 }
 
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+pub(crate) fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;

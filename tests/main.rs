@@ -6,6 +6,7 @@ mod support;
 mod batching;
 mod concurrent_migrate;
 mod crash;
+mod deploy_files;
 mod echo;
 mod edge_paths;
 mod failures;
