@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod echo;
+pub mod resync;
 pub mod runner;
 
 pub use runner::{run, Shutdown};

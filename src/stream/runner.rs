@@ -149,6 +149,11 @@ async fn session(
             "choose another CALENDAR_SYNC_SLOT; calendar-sync never drops a slot it did not create",
         ));
     }
+    let (stored, slot) = if cfg.resync {
+        super::resync::prepare(cfg, &source, &target, stored, slot).await?
+    } else {
+        (stored, slot)
+    };
     let mut writer = Writer::new(cfg, target, lookups, metrics.clone()).await?;
     let echo = EchoCheck::prepare(&source).await?;
 
@@ -157,7 +162,7 @@ async fn session(
             if slot.wal_status.as_deref() == Some("lost") {
                 return Err(SyncError::fatal(
                     format!("replication slot {} was invalidated (wal_status = lost): the WAL it needed is gone", cfg.slot),
-                    format!("raise max_slot_wal_keep_size; then `delete from calendar_sync_progress where slot_name = '{}'`, drop the slot, and start again to take a new snapshot", cfg.slot),
+                    format!("raise max_slot_wal_keep_size; then run `calendar-sync run --resync` once: it drops the slot, takes a new snapshot and removes events of interactions deleted meanwhile (by hand: `delete from calendar_sync_progress where slot_name = '{}'`, drop the slot, and start again)", cfg.slot),
                 ));
             }
             tracing::info!(slot = %cfg.slot, %progress, confirmed_flush = ?slot.confirmed_flush.map(|l| l.to_string()), "resuming");
@@ -169,7 +174,7 @@ async fn session(
         (Some(_), None) => {
             return Err(SyncError::fatal(
                 format!("replication slot {} does not exist, but calendar_sync_progress says it was streaming: changes made while it was gone cannot be replayed", cfg.slot),
-                format!("to start over with a new snapshot: `delete from calendar_sync_progress where slot_name = '{}'` in the target and run again (a new snapshot re-syncs every interaction); events of interactions deleted meanwhile stay until removed by hand, as there is no `reconcile` command yet", cfg.slot),
+                format!("to start over, run `calendar-sync run --resync` once: it takes a new snapshot (re-syncing every interaction) and then removes events of interactions deleted meanwhile (by hand: `delete from calendar_sync_progress where slot_name = '{}'` in the target, run again, then `calendar-sync reconcile`)", cfg.slot),
             ));
         }
         (None, slot) => {
@@ -190,6 +195,13 @@ async fn session(
             else {
                 return Ok(());
             };
+            if cfg.resync {
+                let removed = crate::reconcile::remove_extra_events(cfg, &mut writer).await?;
+                tracing::info!(
+                    removed,
+                    "--resync: removed the events of interactions deleted while the slot was gone"
+                );
+            }
             repl.start()
                 .await
                 .map_err(|e| SyncError::stream("starting replication", e))?;
