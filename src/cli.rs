@@ -30,6 +30,29 @@ pub enum Command {
         db: DbArgs,
         #[command(flatten)]
         sync: SyncArgs,
+        /// The way back from a dropped or invalidated slot (explicit, never
+        /// automatic; no environment variable on purpose, so that it cannot
+        /// stay set in a task definition): forgets the progress row, drops the
+        /// lost slot, takes a new snapshot, then deletes the events of
+        /// interactions that no longer exist.
+        #[arg(long)]
+        resync: bool,
+    },
+    /// Compare calendar_events with what the interactions give now (missing,
+    /// extra, drifted field by field) and repair it through the stream's
+    /// writer. Exit code 0: no drift (or repaired), 1: drift found by
+    /// --dry-run (or left after a repair), 2: error.
+    Reconcile {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        sync: SyncArgs,
+        /// Only report; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as JSON (stable keys) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// The failure queue: list, retry, resolve.
     Failures {

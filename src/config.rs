@@ -295,6 +295,8 @@ pub struct Config {
     pub lock_timeout: Duration,
     /// PostgreSQL `statement_timeout` of every SQL session of `run`.
     pub statement_timeout: Duration,
+    /// `run --resync`: start over from a missing or lost slot (issue 8).
+    pub resync: bool,
 }
 
 /// Invalid configuration: says which setting and what is expected.
@@ -412,6 +414,7 @@ impl Config {
             },
             lock_timeout: sync.lock_timeout,
             statement_timeout: sync.statement_timeout,
+            resync: false,
         })
     }
 

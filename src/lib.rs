@@ -16,7 +16,7 @@
 //!   transaction, each chunk decided in memory and written set-based, the
 //!   progress row; savepoints only to isolate a bad row.
 //! - [`stream`]: the replication session (slot, snapshot, loop, reconnects).
-//! - [`migrate`], [`status`], [`demo`]: commands; [`pgcluster`]: throw-away
+//! - [`migrate`], [`status`], [`reconcile`], [`demo`]: commands; [`pgcluster`]: throw-away
 //!   local PostgreSQL for the demo and the tests.
 //! - [`config`], [`error`], [`lsn`], [`metrics`], [`db`]: shared pieces.
 
@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod pgcluster;
 pub mod pgoutput;
+pub mod reconcile;
 pub mod status;
 pub mod stream;
 #[cfg(any(test, feature = "test-utils"))]

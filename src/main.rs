@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use calendar_sync::cli::{Cli, Command};
 use calendar_sync::config::{Config, ConfigError, DbArgs, SyncArgs};
 use calendar_sync::metrics::Metrics;
-use calendar_sync::{demo, failures, http, migrate, status, stream};
+use calendar_sync::{demo, failures, http, migrate, reconcile, status, stream};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -34,16 +34,42 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // `reconcile` keeps 1 for "drift found": its errors exit 2.
+    let error_code = if matches!(cli.command, Command::Reconcile { .. }) {
+        2
+    } else {
+        1
+    };
     match runtime.block_on(try_main(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            ExitCode::from(error_code)
         }
     }
 }
 
-async fn try_main(cli: Cli) -> anyhow::Result<()> {
+async fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Reconcile {
+        db,
+        sync,
+        dry_run,
+        json,
+    } = cli.command
+    {
+        let cfg = config(db, Some(sync))?;
+        let report = reconcile::reconcile(&cfg, dry_run).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!("{report}");
+        }
+        return Ok(ExitCode::from(report.exit_code()));
+    }
+    try_command(cli).await.map(|()| ExitCode::SUCCESS)
+}
+
+async fn try_command(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Demo => demo::run().await,
         Command::Migrate { db } => {
@@ -65,8 +91,9 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Run { db, sync } => {
-            let cfg = config(db, Some(sync))?;
+        Command::Run { db, sync, resync } => {
+            let mut cfg = config(db, Some(sync))?;
+            cfg.resync = resync;
             let (stop_tx, stop_rx) = watch::channel(false);
             let metrics = Metrics::new();
             let http = match cfg.http_addr {
@@ -111,6 +138,7 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Reconcile { .. } => Ok(()),
     }
 }
 

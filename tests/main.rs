@@ -14,6 +14,7 @@ mod fatal;
 mod idle;
 mod mapping;
 mod process;
+mod reconcile;
 mod recovery;
 mod relations;
 mod schema_change;

@@ -9,7 +9,7 @@ use crate::lsn::Lsn;
 use crate::mapping::{EventFields, EventStatus};
 
 /// Reads a row selected with `sql::EVENT_COLUMNS`.
-pub(super) fn event_from_row(r: &Row) -> Result<StoredEvent, tokio_postgres::Error> {
+pub(crate) fn event_from_row(r: &Row) -> Result<StoredEvent, tokio_postgres::Error> {
     let status: Option<String> = r.try_get("event_status")?;
     let start: Option<NaiveTime> = r.try_get("start_time")?;
     let participants: Option<Vec<String>> = r.try_get("participants")?;

@@ -44,7 +44,8 @@
 //! its id is in that table (`stream::echo`): any role may emit the message, but
 //! only calendar-sync's may write the table.
 
-mod event;
+mod current;
+pub(crate) mod event;
 mod party;
 pub mod plan;
 mod retry;
@@ -65,6 +66,7 @@ use crate::error::SyncError;
 use crate::lsn::Lsn;
 use crate::mapping::Action;
 use crate::metrics::{Metrics, Status};
+pub use current::Current;
 pub use plan::RowChange;
 pub use retry::retry_due_once;
 
@@ -81,6 +83,9 @@ pub enum BatchKind {
     Snapshot { consistent_point: Lsn },
     /// Failure retries from the interactions' current state; no progress.
     Retry,
+    /// `reconcile` (and `run --resync`) repairs: interactions' current state
+    /// and deletes of events whose interaction is gone; no progress.
+    Reconcile,
 }
 
 /// The open batch (one target transaction).
@@ -327,7 +332,7 @@ impl Writer {
             BatchKind::Snapshot { consistent_point } => {
                 Some((consistent_point, b.end.map_or_else(Utc::now, |e| e.1)))
             }
-            BatchKind::Retry => None,
+            BatchKind::Retry | BatchKind::Reconcile => None,
         };
         if !b.open {
             // Nothing was written: nothing needs to be durable.
@@ -403,7 +408,7 @@ impl Writer {
     }
 
     /// A participant name read together with a retried row.
-    fn remember_name(&mut self, party: Party, id: Option<Uuid>, name: Option<String>) {
+    pub(crate) fn remember_name(&mut self, party: Party, id: Option<Uuid>, name: Option<String>) {
         if let (Some(b), Some(id)) = (self.batch.as_mut(), id) {
             b.names.insert((party, id), name);
         }

@@ -17,14 +17,12 @@ use chrono::Utc;
 use tokio_postgres::types::PgLsn;
 use uuid::Uuid;
 
+use super::current::Current;
 use super::plan::RowChange;
-use super::{db, sql, BatchKind, Writer};
-use crate::changes::Party;
+use super::{db, BatchKind, Writer};
 use crate::config::Config;
 use crate::error::SyncError;
 use crate::lsn::Lsn;
-use crate::mapping::fields::contact_name;
-use crate::mapping::InteractionRow;
 
 impl Writer {
     /// Retries the due failures in one target transaction. Returns how many.
@@ -45,59 +43,30 @@ impl Writer {
         if due.is_empty() {
             return Ok(0);
         }
-        let rows = self
-            .source
-            .query(sql::current_with_names(participants).as_str(), &[&due])
-            .await
-            .map_err(db("reading the interactions' current state"))?;
+        let rows = self.read_current(&due, participants, false).await?;
         let now = Utc::now();
         self.begin(BatchKind::Retry);
         let result = async {
             let mut seen = HashSet::new();
-            let mut changes = Vec::with_capacity(due.len());
-            let mut read_at = Lsn::ZERO;
-            for r in &rows {
-                let id: Uuid = r
-                    .try_get("interaction_id")
-                    .map_err(db("reading interaction_id"))?;
-                let at: PgLsn = r
-                    .try_get("read_at")
-                    .map_err(db("reading the WAL position"))?;
-                read_at = read_at.max(Lsn::from(at));
-                let text = |c: &str| r.try_get::<_, Option<String>>(c).ok().flatten();
-                let row = InteractionRow::from_sql(r);
-                if let Ok(row) = &row {
-                    self.remember_name(Party::Customer, row.customer_id, text("p_customer"));
-                    self.remember_name(
-                        Party::Contact,
-                        row.contact_id,
-                        contact_name(
-                            text("p_first").as_deref(),
-                            text("p_last").as_deref(),
-                            text("p_email").as_deref(),
-                        ),
-                    );
-                }
-                seen.insert(id);
-                changes.push((id, Some(row)));
+            let mut read_at = rows.iter().map(|c| c.read_at).max().unwrap_or(Lsn::ZERO);
+            if read_at == Lsn::ZERO {
+                read_at = self.source_wal_position().await?;
+            }
+            for c in rows {
+                seen.insert(c.id);
+                self.push_current(Current { read_at, ..c }, now).await?;
             }
             // Gone from the source: handled as a delete.
             for id in &due {
                 if !seen.contains(id) {
-                    changes.push((*id, None));
+                    self.push_row(RowChange {
+                        lsn: read_at,
+                        ts: now,
+                        id: *id,
+                        row: None,
+                    })
+                    .await?;
                 }
-            }
-            if read_at == Lsn::ZERO {
-                read_at = self.source_wal_position().await?;
-            }
-            for (id, row) in changes {
-                self.push_row(RowChange {
-                    lsn: read_at,
-                    ts: now,
-                    id,
-                    row,
-                })
-                .await?;
             }
             self.commit().await
         }
@@ -110,7 +79,7 @@ impl Writer {
         Ok(due.len())
     }
 
-    async fn source_wal_position(&self) -> Result<Lsn, SyncError> {
+    pub(crate) async fn source_wal_position(&self) -> Result<Lsn, SyncError> {
         let r = self
             .source
             .query_one("select pg_current_wal_insert_lsn()", &[])

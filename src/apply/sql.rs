@@ -247,21 +247,44 @@ pub async fn prepare_source(c: &Client) -> Result<SourceStatements, tokio_postgr
     })
 }
 
-/// The current state of interactions `$1 uuid[]` (mapped columns only) with
-/// the raw name columns of their customer and contact (`p_customer`,
-/// `p_first`, `p_last`, `p_email`) and the source WAL insert position
-/// (`read_at`), which is at or after the commit of every state the query sees.
-/// Used by the retry worker.
-pub fn current_with_names(p: &ParticipantSchema) -> String {
+/// Which interactions [`current_with_names`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CurrentOf {
+    /// `$1 uuid[]`.
+    Ids,
+    /// `$1 uuid[]`, `for share`: waits for a transaction still writing one of
+    /// them, then reads its result (READ COMMITTED re-reads the locked row).
+    IdsLocked,
+    /// A keyset page: ids after `$1` (`inclusive`: from `$1`), in id order, at
+    /// most `$2 bigint` of them.
+    Page { inclusive: bool },
+}
+
+/// The current state of interactions (mapped columns only, see [`CurrentOf`])
+/// with `calendar_synced_at` (`synced_at`), the raw name columns of their
+/// customer and contact (`p_customer`, `p_first`, `p_last`, `p_email`) and
+/// the source WAL insert position (`read_at`), which is at or after the commit
+/// of every state the query sees. Used by the retry worker and `reconcile`.
+pub fn current_with_names(p: &ParticipantSchema, which: CurrentOf) -> String {
     let q = quote_ident;
+    let filter = match which {
+        CurrentOf::Ids => "where i.interaction_id = any($1)",
+        CurrentOf::IdsLocked => "where i.interaction_id = any($1) for share of i",
+        CurrentOf::Page { inclusive: true } => {
+            "where i.interaction_id >= $1 order by i.interaction_id limit $2"
+        }
+        CurrentOf::Page { inclusive: false } => {
+            "where i.interaction_id > $1 order by i.interaction_id limit $2"
+        }
+    };
     format!(
-        "select {cols}, cu.{cname}::text as p_customer, co.{first}::text as p_first,
-                co.{last}::text as p_last, co.{email}::text as p_email,
+        "select {cols}, i.calendar_synced_at as synced_at, cu.{cname}::text as p_customer,
+                co.{first}::text as p_first, co.{last}::text as p_last, co.{email}::text as p_email,
                 pg_current_wal_insert_lsn() as read_at
            from interaction i
            left join {customer} cu on cu.{cid} = i.customer_id
            left join {contact} co on co.{tid} = i.contact_id
-          where i.interaction_id = any($1)",
+          {filter}",
         cols = crate::mapping::InteractionRow::select_list("i"),
         cname = q(&p.customer_name),
         first = q(&p.contact_first_name),
@@ -273,6 +296,31 @@ pub fn current_with_names(p: &ParticipantSchema) -> String {
         tid = q(&p.contact_id),
     )
 }
+
+/// Events of interactions `$1 uuid[]` (`related_id` and [`EVENT_COLUMNS`]),
+/// not locked (`reconcile` compares; the writer locks when it writes).
+pub const PEEK_EVENTS: &str =
+    "select related_id, event_id, title, description, event_date, start_time,
+        end_time, all_day, event_type, event_status, location, participants, created_by, updated_by,
+        created_at, updated_at, customer_id, contact_id, source_lsn
+   from calendar_events
+  where related_table = 'interaction' and related_id = any($1)";
+
+/// A keyset page of interaction events' `related_id`s: after `$1` (from it
+/// when `inclusive`), in order, at most `$2 bigint`.
+pub fn event_ids_page(inclusive: bool) -> &'static str {
+    if inclusive {
+        "select related_id from calendar_events
+          where related_table = 'interaction' and related_id >= $1 order by related_id limit $2"
+    } else {
+        "select related_id from calendar_events
+          where related_table = 'interaction' and related_id > $1 order by related_id limit $2"
+    }
+}
+
+/// Which of `$1 uuid[]` still exist in the source.
+pub const EXISTING_INTERACTIONS: &str =
+    "select interaction_id from interaction where interaction_id = any($1)";
 
 /// Set-based participant refresh of every event showing customer (contact)
 /// `$1`, one `update` log row each, only where the array changes, never over

@@ -187,23 +187,8 @@ pub async fn drop_unfinished_slot(source: &Client, slot: &str) -> Result<(), Syn
     Ok(())
 }
 
-/// What a starting session does with its slot (see [`plan`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StartPlan {
-    /// Stream from the stored progress.
-    Resume { progress: Lsn },
-    /// Take a new slot and snapshot, dropping an unfinished one first.
-    Snapshot { drop_unfinished: bool },
-}
-
-/// PURE: decides from the stored progress and the slot as
-/// `pg_replication_slots` shows it what a starting session does. Every case
-/// that cannot go on is an error that says why and what to do.
-pub fn plan(
-    slot_name: &str,
-    stored: Option<Lsn>,
-    slot: Option<&SlotInfo>,
-) -> Result<StartPlan, SyncError> {
+/// PURE: a slot of another database or plugin is never ours to use or drop.
+pub fn check_owned(slot_name: &str, slot: Option<&SlotInfo>) -> Result<(), SyncError> {
     if let Some(s) = slot.filter(|s| !s.this_database) {
         return Err(SyncError::fatal(
             format!(
@@ -222,15 +207,36 @@ pub fn plan(
             "choose another CALENDAR_SYNC_SLOT; calendar-sync never drops a slot it did not create",
         ));
     }
+    Ok(())
+}
+
+/// What a starting session does with its slot (see [`plan`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartPlan {
+    /// Stream from the stored progress.
+    Resume { progress: Lsn },
+    /// Take a new slot and snapshot, dropping an unfinished one first.
+    Snapshot { drop_unfinished: bool },
+}
+
+/// PURE: decides from the stored progress and the slot as
+/// `pg_replication_slots` shows it what a starting session does. Every case
+/// that cannot go on is an error that says why and what to do.
+pub fn plan(
+    slot_name: &str,
+    stored: Option<Lsn>,
+    slot: Option<&SlotInfo>,
+) -> Result<StartPlan, SyncError> {
+    check_owned(slot_name, slot)?;
     match (stored, slot) {
         (Some(_), Some(s)) if s.wal_status.as_deref() == Some("lost") => Err(SyncError::fatal(
             format!("replication slot {slot_name} was invalidated (wal_status = lost): the WAL it needed is gone"),
-            format!("raise max_slot_wal_keep_size; then `delete from calendar_sync_progress where slot_name = '{slot_name}'`, drop the slot, and start again to take a new snapshot"),
+            format!("raise max_slot_wal_keep_size; then run `calendar-sync run --resync` once: it drops the slot, takes a new snapshot and removes events of interactions deleted meanwhile (by hand: `delete from calendar_sync_progress where slot_name = '{slot_name}'`, drop the slot, and start again)"),
         )),
         (Some(progress), Some(_)) => Ok(StartPlan::Resume { progress }),
         (Some(_), None) => Err(SyncError::fatal(
             format!("replication slot {slot_name} does not exist, but calendar_sync_progress says it was streaming: changes made while it was gone cannot be replayed"),
-            format!("to start over with a new snapshot: `delete from calendar_sync_progress where slot_name = '{slot_name}'` in the target and run again (a new snapshot re-syncs every interaction); events of interactions deleted meanwhile stay until removed by hand"),
+            format!("to start over, run `calendar-sync run --resync` once: it takes a new snapshot (re-syncing every interaction) and then removes events of interactions deleted meanwhile (by hand: `delete from calendar_sync_progress where slot_name = '{slot_name}'` in the target, run again, then `calendar-sync reconcile`)"),
         )),
         (None, Some(s)) if s.active_pid.is_some() => Err(SyncError::transient(
             "taking the initial snapshot",

@@ -7,6 +7,7 @@
 pub mod client;
 pub mod echo;
 pub mod preflight;
+pub mod resync;
 pub mod runner;
 pub mod snapshot;
 

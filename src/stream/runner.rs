@@ -128,6 +128,12 @@ async fn session(
     // committing its snapshot.
     let stored = client::stored_progress(&target, &cfg.slot).await?;
     let slot = client::slot_info(&source, &cfg.slot).await?;
+    client::check_owned(&cfg.slot, slot.as_ref())?;
+    let (stored, slot) = if cfg.resync {
+        super::resync::prepare(cfg, &source, &target, stored, slot).await?
+    } else {
+        (stored, slot)
+    };
     let plan = client::plan(&cfg.slot, stored, slot.as_ref())?;
     let mut writer = Writer::new(cfg, target, lookups, metrics.clone()).await?;
     let echo = EchoCheck::prepare(&source).await?;
@@ -149,6 +155,13 @@ async fn session(
             else {
                 return Ok(());
             };
+            if cfg.resync {
+                let removed = crate::reconcile::remove_extra_events(cfg, &mut writer).await?;
+                tracing::info!(
+                    removed,
+                    "--resync: removed the events of interactions deleted while the slot was gone"
+                );
+            }
             repl.start()
                 .await
                 .map_err(|e| SyncError::stream("starting replication", e))?;
