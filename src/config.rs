@@ -145,7 +145,7 @@ pub struct SyncArgs {
     pub batch_changes: usize,
 
     /// Bytes of row data held in memory per chunk before it is written.
-    #[arg(long, env = "CALENDAR_SYNC_BATCH_BYTES", default_value_t = 8 << 20)]
+    #[arg(long, env = "CALENDAR_SYNC_BATCH_BYTES", default_value_t = 4 << 20)]
     pub batch_bytes: usize,
 
     /// A batch commits at the next source-transaction boundary after this
@@ -178,7 +178,7 @@ impl Default for BatchLimits {
     fn default() -> Self {
         BatchLimits {
             max_changes: 5000,
-            max_bytes: 8 << 20,
+            max_bytes: 4 << 20,
             max_delay: Duration::from_millis(100),
         }
     }
