@@ -497,6 +497,8 @@ impl Default for ParticipantSchema {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub source_url: SecretUrl,
+    /// Where `source_url` came from, for messages: `DATABASE_URL` or the PG* variables.
+    pub source_setting: &'static str,
     /// `None`: the target is the source database.
     pub target_url: Option<SecretUrl>,
     pub slot: String,
@@ -577,7 +579,7 @@ impl Config {
         let publication = ident("CALENDAR_SYNC_PUBLICATION", &db.publication)?;
         let (source_setting, source) = match db.database_url.clone().filter(|u| !u.is_empty()) {
             Some(url) => ("DATABASE_URL", db.libpq.with_password("DATABASE_URL", url)?),
-            None if db.libpq.any_set() => ("PGHOST/PGPORT/PGUSER/PGDATABASE/PGSSLMODE", db.libpq.url()),
+            None if db.libpq.any_set() => ("PGHOST/PGSSLMODE", db.libpq.url()),
             None => {
                 return Err(ConfigError {
                     setting: "DATABASE_URL",
@@ -622,6 +624,7 @@ impl Config {
         let target_url = target.filter(|t| *t != source).map(SecretUrl::new);
         Ok(Config {
             source_url: SecretUrl::new(source),
+            source_setting,
             target_url,
             slot,
             publication,
@@ -660,7 +663,7 @@ impl Config {
     pub fn tls_warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
         warnings.extend(crate::tls::unverified_warning(
-            "DATABASE_URL",
+            self.source_setting,
             self.source_url.expose(),
         ));
         if let Some(target) = &self.target_url {
@@ -774,6 +777,21 @@ mod tests {
         );
         assert!(Config::from_args(args(None, LibpqArgs::default()), None)
             .is_err_and(|e| e.to_string().contains("PGHOST")));
+    }
+
+    #[test]
+    fn tls_warnings_name_the_variables_the_connection_came_from() {
+        let libpq = LibpqArgs {
+            pghost: Some("db.example.com".into()),
+            pgsslmode: Some("require".into()),
+            ..LibpqArgs::default()
+        };
+        let cfg = Config::from_args(args(None, libpq), None).expect("valid");
+        let warnings = cfg.tls_warnings();
+        assert!(
+            warnings.len() == 1 && warnings[0].starts_with("PGHOST/PGSSLMODE: sslmode=require"),
+            "{warnings:?}"
+        );
     }
 
     #[test]
