@@ -5,21 +5,6 @@ use uuid::Uuid;
 
 use crate::support::*;
 
-async fn started() -> (TestDb, Running) {
-    let db = TestDb::crm().await;
-    db.migrate().await;
-    let run = Running::start(db.config());
-    wait_streaming(&db).await;
-    (db, run)
-}
-
-fn log_rows(id: Uuid, action: &str, status: &str) -> String {
-    format!(
-        "select count(*) from calendar_sync_log
-          where interaction_id = '{id}' and action = '{action}' and status = '{status}'"
-    )
-}
-
 /// Point 1: a retried event is field for field what the stream would have
 /// written, participants included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

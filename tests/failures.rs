@@ -9,21 +9,6 @@ use uuid::Uuid;
 
 use crate::support::*;
 
-async fn started() -> (TestDb, Running) {
-    let db = TestDb::crm().await;
-    db.migrate().await;
-    let run = Running::start(db.config());
-    wait_streaming(&db).await;
-    (db, run)
-}
-
-fn log_rows(id: Uuid, action: &str, status: &str) -> String {
-    format!(
-        "select count(*) from calendar_sync_log
-          where interaction_id = '{id}' and action = '{action}' and status = '{status}'"
-    )
-}
-
 fn failure_rows(id: Uuid) -> String {
     format!("select count(*) from calendar_sync_failures where interaction_id = '{id}'")
 }

@@ -12,18 +12,6 @@ use uuid::Uuid;
 use crate::recovery::{fatal_of, reconnects};
 use crate::support::*;
 
-async fn started() -> (TestDb, Running) {
-    let db = TestDb::crm().await;
-    db.migrate().await;
-    let run = Running::start(db.config());
-    wait_streaming(&db).await;
-    (db, run)
-}
-
-fn log_rows(id: Uuid, action: &str) -> String {
-    format!("select count(*) from calendar_sync_log where interaction_id = '{id}' and action = '{action}' and status = 'success'")
-}
-
 /// Inserts an interaction dated now into `table` (schema-qualified or not).
 async fn insert_into(db: &TestDb, table: &str, subject: &str) -> Uuid {
     db.client
@@ -58,7 +46,7 @@ async fn confirmed_below(db: &TestDb, lsn: &str) -> bool {
 async fn renaming_interaction_and_back_loses_no_change_live_or_replayed() {
     let (db, run) = started().await;
     let a = db.insert("A", "now()", "").await;
-    db.wait_count(&log_rows(a, "create"), 1).await;
+    db.wait_count(&success_rows(a, "create"), 1).await;
 
     // Live: changes made while interaction has another name still arrive.
     db.client
@@ -73,8 +61,8 @@ async fn renaming_interaction_and_back_loses_no_change_live_or_replayed() {
         )
         .await
         .expect("update while renamed");
-    db.wait_count(&log_rows(b, "create"), 1).await;
-    db.wait_count(&log_rows(a, "update"), 1).await;
+    db.wait_count(&success_rows(b, "create"), 1).await;
+    db.wait_count(&success_rows(a, "update"), 1).await;
     assert_eq!(title(&db, a).await.as_deref(), Some("A2"));
 
     // Replayed: changes made while the consumer is down (and interaction still
@@ -104,10 +92,10 @@ async fn renaming_interaction_and_back_loses_no_change_live_or_replayed() {
         .await
         .expect("rename back");
     let d = db.insert("D", "now()", "").await;
-    db.wait_count(&log_rows(d, "create"), 1).await;
-    db.wait_count(&log_rows(c, "create"), 1).await;
-    db.wait_count(&log_rows(b, "update"), 1).await;
-    db.wait_count(&log_rows(a, "delete"), 1).await;
+    db.wait_count(&success_rows(d, "create"), 1).await;
+    db.wait_count(&success_rows(c, "create"), 1).await;
+    db.wait_count(&success_rows(b, "update"), 1).await;
+    db.wait_count(&success_rows(a, "delete"), 1).await;
     assert_eq!(title(&db, b).await.as_deref(), Some("B2"));
     assert_eq!(title(&db, c).await.as_deref(), Some("C"));
     assert!(db.event(a).await.is_none(), "A's delete arrived");
@@ -124,7 +112,7 @@ async fn renaming_interaction_and_back_loses_no_change_live_or_replayed() {
 async fn a_same_named_table_in_another_schema_is_never_ours_even_when_truncated() {
     let (db, run) = started().await;
     let a = db.insert("A", "now()", "").await;
-    db.wait_count(&log_rows(a, "create"), 1).await;
+    db.wait_count(&success_rows(a, "create"), 1).await;
 
     db.client
         .batch_execute(&format!(
@@ -157,7 +145,7 @@ async fn a_same_named_table_in_another_schema_is_never_ours_even_when_truncated(
 
     // The real interaction still streams.
     let b = db.insert("B", "now()", "").await;
-    db.wait_count(&log_rows(b, "create"), 1).await;
+    db.wait_count(&success_rows(b, "create"), 1).await;
     assert_eq!(
         db.count("select count(*) from calendar_sync_failures")
             .await,
@@ -174,7 +162,7 @@ async fn losing_interaction_from_the_publication_is_fatal_before_anything_after_
 {
     let (db, mut run) = started().await;
     let a = db.insert("A", "now()", "").await;
-    db.wait_count(&log_rows(a, "create"), 1).await;
+    db.wait_count(&success_rows(a, "create"), 1).await;
 
     db.client
         .batch_execute(&format!(
@@ -213,7 +201,7 @@ async fn another_table_taking_the_name_interaction_is_fatal_before_anything_afte
 ) {
     let (db, mut run) = started().await;
     let a = db.insert("A", "now()", "").await;
-    db.wait_count(&log_rows(a, "create"), 1).await;
+    db.wait_count(&success_rows(a, "create"), 1).await;
 
     db.client
         .batch_execute(
@@ -245,7 +233,7 @@ async fn another_table_taking_the_name_interaction_is_fatal_before_anything_afte
 async fn a_table_swapped_in_while_calendar_sync_was_down_is_fatal_not_a_silent_loss() {
     let (db, run) = started().await;
     let a = db.insert("A", "now()", "").await;
-    db.wait_count(&log_rows(a, "create"), 1).await;
+    db.wait_count(&success_rows(a, "create"), 1).await;
     run.stop().await.expect("clean stop");
 
     let lost = db.insert("Written before the swap", "now()", "").await;

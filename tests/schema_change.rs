@@ -27,18 +27,6 @@ use tokio_postgres::error::SqlState;
 
 use crate::support::*;
 
-async fn started() -> (TestDb, Running) {
-    let db = TestDb::crm().await;
-    db.migrate().await;
-    let run = Running::start(db.config());
-    wait_streaming(&db).await;
-    (db, run)
-}
-
-fn log_rows(id: uuid::Uuid, action: &str) -> String {
-    format!("select count(*) from calendar_sync_log where interaction_id = '{id}' and action = '{action}' and status = 'success'")
-}
-
 /// `ALTER PUBLICATION .. SET TABLE` with `interaction_columns` for interaction
 /// and customer and contact as `migrate` publishes them (SET TABLE replaces
 /// the whole table list).
@@ -70,7 +58,7 @@ async fn wait_stopped(run: Running, within: Duration) -> SyncError {
 async fn adding_and_dropping_unmapped_columns_while_streaming_changes_nothing() {
     let (db, run) = started().await;
     let early = db.insert("Early", "now()", "").await;
-    db.wait_count(&log_rows(early, "create"), 1).await;
+    db.wait_count(&success_rows(early, "create"), 1).await;
 
     db.client
         .batch_execute(
@@ -82,7 +70,7 @@ async fn adding_and_dropping_unmapped_columns_while_streaming_changes_nothing() 
     let id = db
         .insert("After DDL", "now()", "extra=7;location='Room 1'")
         .await;
-    db.wait_count(&log_rows(id, "create"), 1).await;
+    db.wait_count(&success_rows(id, "create"), 1).await;
     let e = db.event(id).await.expect("event");
     assert_eq!(e.get::<_, String>("title"), "After DDL");
     assert_eq!(
@@ -96,7 +84,7 @@ async fn adding_and_dropping_unmapped_columns_while_streaming_changes_nothing() 
         )
         .await
         .expect("update");
-    db.wait_count(&log_rows(early, "update"), 1).await;
+    db.wait_count(&success_rows(early, "update"), 1).await;
     assert_eq!(
         db.event(early)
             .await
@@ -124,7 +112,7 @@ async fn adding_and_dropping_unmapped_columns_while_streaming_changes_nothing() 
         )
         .await
         .expect("update after widening");
-    db.wait_count(&log_rows(early, "update"), 2).await;
+    db.wait_count(&success_rows(early, "update"), 2).await;
     let e = db.event(early).await.expect("event");
     assert_eq!(e.get::<_, String>("title"), "Early (edited)");
     assert_eq!(
@@ -143,7 +131,7 @@ async fn adding_and_dropping_unmapped_columns_while_streaming_changes_nothing() 
             "opportunity_id=gen_random_uuid();extra=1;location='Room 2';archived=false",
         )
         .await;
-    db.wait_count(&log_rows(late, "create"), 1).await;
+    db.wait_count(&success_rows(late, "create"), 1).await;
     let e = db.event(late).await.expect("event");
     assert_eq!(
         e.get::<_, Option<String>>("location").as_deref(),
@@ -164,7 +152,7 @@ async fn retyping_a_mapped_column_stops_the_stream_with_a_fatal_error_naming_it_
 ) {
     let (db, run) = started().await;
     let before_ddl = db.insert("Before", "now()", "duration_minutes=30").await;
-    db.wait_count(&log_rows(before_ddl, "create"), 1).await;
+    db.wait_count(&success_rows(before_ddl, "create"), 1).await;
 
     // PostgreSQL 15 refuses to retype a column in the publication's column list.
     let err = db
@@ -286,7 +274,7 @@ async fn dropping_a_mapped_column_is_refused_and_with_cascade_stops_calendar_syn
 ) {
     let (db, run) = started().await;
     let first = db.insert("First", "now()", "location='Room 1'").await;
-    db.wait_count(&log_rows(first, "create"), 1).await;
+    db.wait_count(&success_rows(first, "create"), 1).await;
     let published = format!(
         "select count(*) from pg_publication_tables where pubname = '{}' and tablename = 'interaction'",
         db.name
@@ -344,7 +332,7 @@ async fn dropping_a_participant_column_with_cascade_also_stops_calendar_sync_nam
     let id = db
         .insert("With Ada", "now()", &format!("contact_id='{CONTACT}'"))
         .await;
-    db.wait_count(&log_rows(id, "create"), 1).await;
+    db.wait_count(&success_rows(id, "create"), 1).await;
     db.client
         .batch_execute("alter table contact drop column email cascade")
         .await

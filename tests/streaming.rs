@@ -3,23 +3,11 @@
 
 use crate::support::*;
 
-async fn started() -> (TestDb, Running) {
-    let db = TestDb::crm().await;
-    db.migrate().await;
-    let run = Running::start(db.config());
-    wait_streaming(&db).await;
-    (db, run)
-}
-
-fn log_rows(id: uuid::Uuid, action: &str) -> String {
-    format!("select count(*) from calendar_sync_log where interaction_id = '{id}' and action = '{action}' and status = 'success'")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn insert_in_window_creates_a_scheduled_event_with_a_create_log_row() {
     let (db, run) = started().await;
     let id = db.insert("Kickoff", "now() + interval '1 day'", "").await;
-    db.wait_count(&log_rows(id, "create"), 1).await;
+    db.wait_count(&success_rows(id, "create"), 1).await;
     let e = db.event(id).await.expect("event created");
     assert_eq!(e.get::<_, String>("title"), "Kickoff");
     assert_eq!(e.get::<_, String>("event_status"), "scheduled");
@@ -46,7 +34,7 @@ async fn inserts_outside_the_window_archived_or_without_event_create_nothing() {
     let edge = db
         .insert("Edge", "now() - interval '29 days 23 hours'", "")
         .await;
-    db.wait_count(&log_rows(edge, "create"), 1).await;
+    db.wait_count(&success_rows(edge, "create"), 1).await;
     assert_eq!(db.count("select count(*) from calendar_sync_log").await, 1);
     run.stop().await.expect("clean stop");
 }
@@ -55,12 +43,12 @@ async fn inserts_outside_the_window_archived_or_without_event_create_nothing() {
 async fn update_mirrors_and_an_update_of_no_mapped_field_writes_nothing() {
     let (db, run) = started().await;
     let id = db.insert("Call", "now() + interval '2 days'", "").await;
-    db.wait_count(&log_rows(id, "create"), 1).await;
+    db.wait_count(&success_rows(id, "create"), 1).await;
     db.client
         .execute("update interaction set subject = 'Call (moved)', location = 'Room 4' where interaction_id = $1", &[&id])
         .await
         .expect("update");
-    db.wait_count(&log_rows(id, "update"), 1).await;
+    db.wait_count(&success_rows(id, "update"), 1).await;
     let e = db.event(id).await.expect("event");
     assert_eq!(e.get::<_, String>("title"), "Call (moved)");
     assert_eq!(
@@ -97,7 +85,7 @@ async fn update_mirrors_and_an_update_of_no_mapped_field_writes_nothing() {
 async fn archive_cancels_and_unarchive_restores_scheduled() {
     let (db, run) = started().await;
     let id = db.insert("Visit", "now() + interval '1 day'", "").await;
-    db.wait_count(&log_rows(id, "create"), 1).await;
+    db.wait_count(&success_rows(id, "create"), 1).await;
     db.client
         .execute(
             "update interaction set archived = true where interaction_id = $1",
@@ -105,7 +93,7 @@ async fn archive_cancels_and_unarchive_restores_scheduled() {
         )
         .await
         .expect("archive");
-    db.wait_count(&log_rows(id, "cancel"), 1).await;
+    db.wait_count(&success_rows(id, "cancel"), 1).await;
     let e = db.event(id).await.expect("kept for audit");
     assert_eq!(e.get::<_, String>("event_status"), "cancelled");
     // An edit while archived mirrors, stays cancelled, logs update.
@@ -116,7 +104,7 @@ async fn archive_cancels_and_unarchive_restores_scheduled() {
         )
         .await
         .expect("edit");
-    db.wait_count(&log_rows(id, "update"), 1).await;
+    db.wait_count(&success_rows(id, "update"), 1).await;
     assert_eq!(
         db.event(id)
             .await
@@ -131,7 +119,7 @@ async fn archive_cancels_and_unarchive_restores_scheduled() {
         )
         .await
         .expect("unarchive");
-    db.wait_count(&log_rows(id, "update"), 2).await;
+    db.wait_count(&success_rows(id, "update"), 2).await;
     assert_eq!(
         db.event(id)
             .await
@@ -162,7 +150,7 @@ async fn unarchiving_an_interaction_without_event_creates_it_when_in_window() {
         )
         .await
         .expect("unarchive");
-    db.wait_count(&log_rows(id, "create"), 1).await;
+    db.wait_count(&success_rows(id, "create"), 1).await;
     db.barrier().await;
     assert!(
         db.event(old).await.is_none(),
@@ -175,12 +163,12 @@ async fn unarchiving_an_interaction_without_event_creates_it_when_in_window() {
 async fn an_event_keeps_mirroring_when_its_date_moves_outside_the_window() {
     let (db, run) = started().await;
     let id = db.insert("Moving", "now()", "").await;
-    db.wait_count(&log_rows(id, "create"), 1).await;
+    db.wait_count(&success_rows(id, "create"), 1).await;
     db.client
         .execute("update interaction set interaction_date = now() - interval '400 days' where interaction_id = $1", &[&id])
         .await
         .expect("move");
-    db.wait_count(&log_rows(id, "update"), 1).await;
+    db.wait_count(&success_rows(id, "update"), 1).await;
     let e = db.event(id).await.expect("never deleted for being old");
     let date: chrono::DateTime<chrono::Utc> = e.get("event_date");
     assert!(date < chrono::Utc::now() - chrono::Duration::days(399));
@@ -195,7 +183,7 @@ async fn delete_is_a_true_hard_delete_and_a_delete_without_event_does_nothing() 
     let never = db
         .insert("No event", "now() - interval '90 days'", "")
         .await;
-    db.wait_count(&log_rows(cancelled, "create"), 1).await;
+    db.wait_count(&success_rows(cancelled, "create"), 1).await;
     db.client
         .execute(
             "update interaction set archived = true where interaction_id = $1",
@@ -203,7 +191,7 @@ async fn delete_is_a_true_hard_delete_and_a_delete_without_event_does_nothing() 
         )
         .await
         .expect("archive");
-    db.wait_count(&log_rows(cancelled, "cancel"), 1).await;
+    db.wait_count(&success_rows(cancelled, "cancel"), 1).await;
     db.client
         .execute(
             "delete from interaction where interaction_id = any($1)",
@@ -211,8 +199,8 @@ async fn delete_is_a_true_hard_delete_and_a_delete_without_event_does_nothing() 
         )
         .await
         .expect("delete");
-    db.wait_count(&log_rows(id, "delete"), 1).await;
-    db.wait_count(&log_rows(cancelled, "delete"), 1).await;
+    db.wait_count(&success_rows(id, "delete"), 1).await;
+    db.wait_count(&success_rows(cancelled, "delete"), 1).await;
     db.barrier().await;
     assert_eq!(db.count("select count(*) from calendar_events").await, 0);
     assert_eq!(
@@ -309,7 +297,7 @@ async fn a_rolled_back_source_transaction_never_appears() {
         .await
         .expect("rolled back transaction");
     let kept = db.insert("Kept", "now()", "").await;
-    db.wait_count(&log_rows(kept, "create"), 1).await;
+    db.wait_count(&success_rows(kept, "create"), 1).await;
     db.barrier().await;
     assert_eq!(
         db.count("select count(*) from calendar_events where title = 'Rolled back'")

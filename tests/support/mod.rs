@@ -296,6 +296,28 @@ impl Running {
     }
 }
 
+/// A migrated seed CRM with the consumer streaming in-process.
+pub async fn started() -> (TestDb, Running) {
+    let db = TestDb::crm().await;
+    db.migrate().await;
+    let run = Running::start(db.config());
+    wait_streaming(&db).await;
+    (db, run)
+}
+
+/// Counts `calendar_sync_log` rows of interaction `id` with `action` and `status`.
+pub fn log_rows(id: Uuid, action: &str, status: &str) -> String {
+    format!(
+        "select count(*) from calendar_sync_log
+          where interaction_id = '{id}' and action = '{action}' and status = '{status}'"
+    )
+}
+
+/// [`log_rows`] with status `success`.
+pub fn success_rows(id: Uuid, action: &str) -> String {
+    log_rows(id, action, "success")
+}
+
 /// Waits until the slot exists and its initial snapshot committed.
 pub async fn wait_streaming(db: &TestDb) {
     db.wait_count(
