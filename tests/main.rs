@@ -13,6 +13,7 @@ mod failures;
 mod fatal;
 mod idle;
 mod mapping;
+mod pg_version;
 mod process;
 mod reconcile;
 mod recovery;
