@@ -1,6 +1,8 @@
 //! The command line. Every flag has an environment variable.
 
-use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{DbArgs, SyncArgs};
 
@@ -11,8 +13,29 @@ use crate::config::{DbArgs, SyncArgs};
     about = "Keeps calendar_events in step with the CRM's interaction table by reading PostgreSQL's WAL (logical replication, pgoutput)."
 )]
 pub struct Cli {
+    /// Log lines as text, or as one JSON object per line (for CloudWatch
+    /// Logs Insights and the like). Levels: RUST_LOG (default info).
+    #[arg(
+        long,
+        global = true,
+        env = "CALENDAR_SYNC_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        help_heading = "Logging"
+    )]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `CALENDAR_SYNC_LOG_FORMAT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable; colours only when stderr is a terminal.
+    Text,
+    /// One JSON object per line: timestamp, level, target, fields.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,13 +84,31 @@ pub enum Command {
         #[command(subcommand)]
         action: FailuresAction,
     },
-    /// Slot, lag, progress and pending failures.
+    /// Slot, WAL, lag, snapshot, publication and failures, with a verdict:
+    /// exit code 0 healthy, 1 degraded, 2 broken.
     Status {
         #[command(flatten)]
         db: DbArgs,
-        /// Print JSON instead of text.
+        /// Print JSON instead of text (field names are stable, see README).
         #[arg(long)]
         json: bool,
+        /// Degraded when the lag is over this many seconds.
+        #[arg(long, env = "CALENDAR_SYNC_MAX_LAG_SECONDS", default_value_t = 300)]
+        max_lag_seconds: u64,
+    },
+    /// Asks the running process's /healthz (for the ECS container healthCheck;
+    /// the image has no curl): exit code 0 on 200, 1 otherwise, with a reason.
+    Healthcheck {
+        /// The address `run` serves on; 0.0.0.0 / [::] mean this host.
+        #[arg(long, env = "CALENDAR_SYNC_HTTP_ADDR")]
+        http_addr: Option<SocketAddr>,
+        /// Give up after this many seconds.
+        #[arg(
+            long,
+            env = "CALENDAR_SYNC_HEALTHCHECK_TIMEOUT_SECS",
+            default_value_t = 5
+        )]
+        timeout_secs: u64,
     },
 }
 

@@ -16,7 +16,7 @@
 //!   transaction, each chunk decided in memory and written set-based, the
 //!   progress row; savepoints only to isolate a bad row.
 //! - [`stream`]: the replication session (slot, snapshot, loop, reconnects).
-//! - [`migrate`], [`status`], [`reconcile`], [`demo`]: commands; [`pgcluster`]: throw-away
+//! - [`migrate`], [`status`], [`reconcile`], [`healthcheck`], [`demo`]: commands; [`pgcluster`]: throw-away
 //!   local PostgreSQL for the demo and the tests.
 //! - [`config`], [`error`], [`lsn`], [`metrics`], [`db`]: shared pieces.
 
@@ -28,6 +28,7 @@ pub mod db;
 pub mod demo;
 pub mod error;
 pub mod failures;
+pub mod healthcheck;
 pub mod http;
 pub mod lsn;
 pub mod mapping;

@@ -4,13 +4,30 @@
 //! `/readyz` endpoint needs (streaming? backing off?) in atomics, so every
 //! setter is cheap, takes `&self` and can be called from any task without
 //! holding a lock across an `.await`.
+//!
+//! # Phase
+//! `calendar_sync_phase{phase}` is 1 for the phase the process is in and 0
+//! for the others. The phase is derived from independent flags, each set by
+//! the code that knows it (the runner: streaming, backoff; the snapshot
+//! copy: snapshot; the signal handler: stopping), with a fixed precedence:
+//! stopping > backoff > streaming > snapshot > starting. So no setter has to
+//! know what the others did, and "stopping" is never overwritten.
+//!
+//! # Liveness
+//! While streaming, the server sends data or, when idle, a keepalive at least
+//! every `wal_sender_timeout / 2`. The runner records the time of each
+//! message it takes from the stream; `/healthz` fails when the last one is
+//! older than the liveness limit (`CALENDAR_SYNC_LIVENESS_SECS`): a wedged
+//! connection, a stopped walsender, or a consumer stuck on one message.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 use crate::lsn::Lsn;
 use crate::mapping::Action;
@@ -27,10 +44,63 @@ pub const BACKOFF_SECONDS: &str = "calendar_sync_backoff_seconds";
 pub const BACKOFF_ACTIVE: &str = "calendar_sync_backoff_active";
 pub const STREAMING: &str = "calendar_sync_streaming";
 pub const SAVEPOINTS_TOTAL: &str = "calendar_sync_savepoints_total";
+pub const SNAPSHOT_ROWS_TOTAL: &str = "calendar_sync_snapshot_rows_total";
+pub const PHASE: &str = "calendar_sync_phase";
+pub const LAST_SERVER_MESSAGE_AGE: &str = "calendar_sync_last_server_message_age_seconds";
 
 /// Reasons [`Metrics::is_ready`] gives when not ready.
 pub const NOT_STREAMING: &str = "not streaming yet";
 pub const BACKING_OFF: &str = "backing off after a transient failure";
+pub const SNAPSHOT_IN_PROGRESS: &str = "snapshot in progress";
+pub const STOPPING: &str = "stopping";
+
+/// Default of `CALENDAR_SYNC_LIVENESS_SECS`.
+pub const DEFAULT_LIVENESS: Duration = Duration::from_secs(120);
+
+/// What the process is doing (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Connecting, checking, or between a stop of the stream and the next step.
+    Starting,
+    /// Creating the slot and copying the initial snapshot.
+    Snapshot,
+    Streaming,
+    /// Sleeping before a reconnect after a transient failure.
+    Backoff,
+    /// SIGTERM/SIGINT received.
+    Stopping,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 5] = [
+        Phase::Starting,
+        Phase::Snapshot,
+        Phase::Streaming,
+        Phase::Backoff,
+        Phase::Stopping,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Snapshot => "snapshot",
+            Phase::Streaming => "streaming",
+            Phase::Backoff => "backoff",
+            Phase::Stopping => "stopping",
+        }
+    }
+
+    /// Why `/readyz` is not 200 in this phase.
+    fn not_ready(self) -> Option<&'static str> {
+        match self {
+            Phase::Streaming => None,
+            Phase::Starting => Some(NOT_STREAMING),
+            Phase::Snapshot => Some(SNAPSHOT_IN_PROGRESS),
+            Phase::Backoff => Some(BACKING_OFF),
+            Phase::Stopping => Some(STOPPING),
+        }
+    }
+}
 
 /// `status` label of actions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,9 +138,22 @@ struct Inner {
     backoff_active: IntGauge,
     streaming: IntGauge,
     savepoints: IntCounter,
+    snapshot_rows: IntCounter,
+    /// Set from the flags below when rendered.
+    phase: IntGaugeVec,
+    /// Set from `last_server_message` when rendered.
+    last_server_message_age: Gauge,
     /// Readiness state; the gauges mirror it for dashboards.
     is_streaming: AtomicBool,
     is_backing_off: AtomicBool,
+    in_snapshot: AtomicBool,
+    stopping: AtomicBool,
+    /// Milliseconds since `created` of the last message from the server (or
+    /// of the start of streaming).
+    last_server_message: AtomicU64,
+    created: Instant,
+    /// `/healthz` fails while streaming and the last message is older (ms).
+    liveness_limit_ms: AtomicU64,
 }
 
 impl Metrics {
@@ -128,8 +211,29 @@ impl Metrics {
             "Savepoints (subtransactions) taken in target transactions",
         )
         .expect("static metric definition");
+        let snapshot_rows = IntCounter::new(
+            SNAPSHOT_ROWS_TOTAL,
+            "Interaction rows copied by initial snapshots",
+        )
+        .expect("static metric definition");
+        let phase = IntGaugeVec::new(
+            Opts::new(
+                PHASE,
+                "1 for the current phase (starting, snapshot, streaming, backoff, stopping), else 0",
+            ),
+            &["phase"],
+        )
+        .expect("static metric definition");
+        let last_server_message_age = Gauge::new(
+            LAST_SERVER_MESSAGE_AGE,
+            "While streaming: seconds since the last message or keepalive from the server (0 otherwise)",
+        )
+        .expect("static metric definition");
         for c in [
             Box::new(actions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(snapshot_rows.clone()),
+            Box::new(phase.clone()),
+            Box::new(last_server_message_age.clone()),
             Box::new(savepoints.clone()),
             Box::new(transactions.clone()),
             Box::new(last_lsn.clone()),
@@ -150,7 +254,7 @@ impl Metrics {
                 actions.with_label_values(&[a.as_str(), s.as_str()]);
             }
         }
-        Metrics {
+        let m = Metrics {
             inner: Arc::new(Inner {
                 registry,
                 actions,
@@ -165,10 +269,20 @@ impl Metrics {
                 backoff_active,
                 streaming,
                 savepoints,
+                snapshot_rows,
+                phase,
+                last_server_message_age,
                 is_streaming: AtomicBool::new(false),
                 is_backing_off: AtomicBool::new(false),
+                in_snapshot: AtomicBool::new(false),
+                stopping: AtomicBool::new(false),
+                last_server_message: AtomicU64::new(0),
+                created: Instant::now(),
+                liveness_limit_ms: AtomicU64::new(DEFAULT_LIVENESS.as_millis() as u64),
             }),
-        }
+        };
+        m.refresh_derived();
+        m
     }
 
     pub fn action(&self, action: Action, status: Status) {
@@ -234,6 +348,10 @@ impl Metrics {
 
     /// `Some(delay)` while sleeping before a reconnect, `None` otherwise.
     pub fn set_backoff(&self, delay: Option<Duration>) {
+        if delay.is_some() {
+            // A failed snapshot is over; the next session starts anew.
+            self.inner.in_snapshot.store(false, Ordering::Relaxed);
+        }
         self.inner
             .is_backing_off
             .store(delay.is_some(), Ordering::Relaxed);
@@ -245,23 +363,112 @@ impl Metrics {
 
     /// Whether the replication stream is running.
     pub fn set_streaming(&self, streaming: bool) {
+        if streaming {
+            self.inner.in_snapshot.store(false, Ordering::Relaxed);
+            // Liveness counts from the start of the stream.
+            self.server_message();
+        }
         self.inner.is_streaming.store(streaming, Ordering::Relaxed);
         self.inner.streaming.set(i64::from(streaming));
     }
 
-    /// Ready = streaming and not backing off; otherwise a short reason.
-    pub fn is_ready(&self) -> Result<(), &'static str> {
-        if self.inner.is_backing_off.load(Ordering::Relaxed) {
-            Err(BACKING_OFF)
-        } else if !self.inner.is_streaming.load(Ordering::Relaxed) {
-            Err(NOT_STREAMING)
+    /// The initial snapshot started (the phase until streaming or backoff).
+    pub fn set_snapshot(&self) {
+        self.inner.in_snapshot.store(true, Ordering::Relaxed);
+    }
+
+    /// `n` more interaction rows copied by the initial snapshot.
+    pub fn snapshot_rows(&self, n: u64) {
+        self.inner.snapshot_rows.inc_by(n);
+    }
+
+    /// A stop was requested; the phase stays `stopping` from now on.
+    pub fn set_stopping(&self) {
+        self.inner.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// A message (data or keepalive) arrived from the server.
+    pub fn server_message(&self) {
+        self.inner
+            .last_server_message
+            .store(self.elapsed_ms(), Ordering::Relaxed);
+    }
+
+    /// `/healthz` fails when streaming and the last server message is older.
+    pub fn set_liveness_limit(&self, limit: Duration) {
+        self.inner
+            .liveness_limit_ms
+            .store(limit.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        self.inner.created.elapsed().as_millis() as u64
+    }
+
+    /// The current phase (precedence in the module docs).
+    pub fn phase(&self) -> Phase {
+        let i = &self.inner;
+        if i.stopping.load(Ordering::Relaxed) {
+            Phase::Stopping
+        } else if i.is_backing_off.load(Ordering::Relaxed) {
+            Phase::Backoff
+        } else if i.is_streaming.load(Ordering::Relaxed) {
+            Phase::Streaming
+        } else if i.in_snapshot.load(Ordering::Relaxed) {
+            Phase::Snapshot
         } else {
-            Ok(())
+            Phase::Starting
         }
+    }
+
+    /// While streaming: time since the last server message; else `None`.
+    pub fn server_silence(&self) -> Option<Duration> {
+        (self.phase() == Phase::Streaming).then(|| {
+            let last = self.inner.last_server_message.load(Ordering::Relaxed);
+            Duration::from_millis(self.elapsed_ms().saturating_sub(last))
+        })
+    }
+
+    /// Ready = streaming (not backing off, not stopping); otherwise a short
+    /// reason naming the phase.
+    pub fn is_ready(&self) -> Result<(), &'static str> {
+        match self.phase().not_ready() {
+            None => Ok(()),
+            Some(reason) => Err(reason),
+        }
+    }
+
+    /// Live = not streaming, or streaming with a server message within the
+    /// liveness limit; otherwise the reason.
+    pub fn is_live(&self) -> Result<(), String> {
+        let limit = Duration::from_millis(self.inner.liveness_limit_ms.load(Ordering::Relaxed));
+        match self.server_silence() {
+            Some(silence) if silence > limit => Err(format!(
+                "no message from the server for {} s (limit CALENDAR_SYNC_LIVENESS_SECS={} s)",
+                silence.as_secs(),
+                limit.as_secs()
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Gauges computed from state: the phase and the server message age.
+    fn refresh_derived(&self) {
+        let current = self.phase();
+        for p in Phase::ALL {
+            self.inner
+                .phase
+                .with_label_values(&[p.as_str()])
+                .set(i64::from(p == current));
+        }
+        self.inner
+            .last_server_message_age
+            .set(self.server_silence().map_or(0.0, |d| d.as_secs_f64()));
     }
 
     /// The Prometheus text exposition (format 0.0.4) of the registry.
     pub fn render(&self) -> String {
+        self.refresh_derived();
         let families = self.inner.registry.gather();
         match TextEncoder::new().encode_to_string(&families) {
             Ok(text) => text,
@@ -302,6 +509,61 @@ mod tests {
         assert_eq!(m.is_ready(), Ok(()));
         m.set_streaming(false);
         assert_eq!(m.is_ready(), Err(NOT_STREAMING));
+    }
+
+    #[test]
+    fn the_phase_follows_precedence_and_stopping_is_final() {
+        let m = Metrics::new();
+        assert_eq!(m.phase(), Phase::Starting);
+        m.set_snapshot();
+        assert_eq!(m.phase(), Phase::Snapshot);
+        assert_eq!(m.is_ready(), Err(SNAPSHOT_IN_PROGRESS));
+        let text = m.render();
+        assert!(
+            text.contains("calendar_sync_phase{phase=\"snapshot\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("calendar_sync_phase{phase=\"streaming\"} 0"),
+            "{text}"
+        );
+        m.set_backoff(Some(Duration::from_secs(1)));
+        assert_eq!(m.phase(), Phase::Backoff);
+        m.set_backoff(None);
+        assert_eq!(m.phase(), Phase::Starting, "the failed snapshot is over");
+        m.set_snapshot();
+        m.set_streaming(true);
+        assert_eq!(m.phase(), Phase::Streaming);
+        m.set_streaming(false);
+        assert_eq!(m.phase(), Phase::Starting);
+        m.set_stopping();
+        m.set_streaming(true);
+        m.set_backoff(Some(Duration::from_secs(1)));
+        assert_eq!(m.phase(), Phase::Stopping);
+        assert_eq!(m.is_ready(), Err(STOPPING));
+        assert!(m
+            .render()
+            .contains("calendar_sync_phase{phase=\"stopping\"} 1"));
+    }
+
+    #[test]
+    fn liveness_fails_only_while_streaming_and_silent_past_the_limit() {
+        let m = Metrics::new();
+        m.set_liveness_limit(Duration::ZERO);
+        assert_eq!(m.is_live(), Ok(()), "not streaming: nothing to expect");
+        m.set_streaming(true);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(m
+            .is_live()
+            .is_err_and(|r| r.contains("no message from the server")));
+        m.set_liveness_limit(Duration::from_secs(60));
+        m.server_message();
+        assert_eq!(m.is_live(), Ok(()));
+        m.set_streaming(false);
+        assert_eq!(
+            sample(&m.render(), LAST_SERVER_MESSAGE_AGE).as_deref(),
+            Some("0")
+        );
     }
 
     #[test]

@@ -106,10 +106,7 @@ async fn dry_run_reports_injected_drift_by_field_reconcile_repairs_it_and_a_seco
         4
     );
     run.stop().await.expect("clean stop");
-    db.client
-        .execute("select pg_drop_replication_slot($1)", &[&db.name])
-        .await
-        .expect("drop slot");
+    drop_slot_once_released(&db).await;
 
     // Drift by hand.
     db.client
@@ -330,10 +327,7 @@ async fn run_resync_after_a_dropped_slot_recreates_it_and_removes_events_of_inte
         .await;
     db.barrier().await;
     run.stop().await.expect("clean stop");
-    db.client
-        .execute("select pg_drop_replication_slot($1)", &[&db.name])
-        .await
-        .expect("drop slot");
+    drop_slot_once_released(&db).await;
     db.client
         .execute(
             "delete from interaction where interaction_id = $1",
@@ -477,4 +471,25 @@ async fn reconcile_with_a_separate_target_finds_and_repairs_missing_drifted_and_
         .await
         .expect("dry run");
     assert_eq!((again.drift(), again.exit_code()), (0, 0), "{again}");
+}
+
+/// Drops the test's slot once its walsender has let go of it (the server ends
+/// the walsender a moment after the consumer closed the connection).
+async fn drop_slot_once_released(db: &TestDb) {
+    assert!(
+        wait_until(std::time::Duration::from_secs(20), || async {
+            db.count(&format!(
+                "select count(*) from pg_replication_slots where slot_name = '{}' and not active",
+                db.name
+            ))
+            .await
+                == 1
+        })
+        .await,
+        "the slot stayed active after the consumer stopped"
+    );
+    db.client
+        .execute("select pg_drop_replication_slot($1)", &[&db.name])
+        .await
+        .expect("drop slot");
 }

@@ -54,7 +54,7 @@ pub struct Args {
     pub size: u64,
     /// Bound of each consumer measurement.
     pub timeout: Duration,
-    /// Scenarios to run, 1..=5.
+    /// Scenarios to run, 1..=6.
     pub only: Vec<u8>,
     /// Scenario 4's writing time.
     pub steady: Duration,
@@ -73,7 +73,7 @@ impl Args {
         let mut quick = false;
         let mut size = None;
         let mut timeout = Duration::from_secs(900);
-        let mut only = vec![1, 2, 3, 4, 5];
+        let mut only = vec![1, 2, 3, 4, 5, 6];
         let mut stamp = true;
         let mut args = args.peekable();
         let number = |flag: &str, v: Option<String>| -> Result<u64, String> {
@@ -93,8 +93,8 @@ impl Args {
                     only = v
                         .split(',')
                         .map(|s| match s.trim().parse::<u8>() {
-                            Ok(n @ 1..=5) => Ok(n),
-                            _ => Err(format!("--only expects scenarios 1..5, got {s:?}")),
+                            Ok(n @ 1..=6) => Ok(n),
+                            _ => Err(format!("--only expects scenarios 1..6, got {s:?}")),
                         })
                         .collect::<Result<_, _>>()?;
                 }

@@ -18,6 +18,7 @@ pub struct Report {
     machine: Machine,
     pub backlog: Scenario<CatchUp>,
     pub large: Scenario<CatchUp>,
+    pub wide: Scenario<CatchUp>,
     pub snapshot: Scenario<Snapshot>,
     pub steady: Scenario<Steady>,
     pub writer: Scenario<Writer>,
@@ -129,6 +130,7 @@ impl Report {
             machine,
             backlog: None,
             large: None,
+            wide: None,
             snapshot: None,
             steady: None,
             writer: None,
@@ -141,10 +143,11 @@ impl Report {
             rows.push(row([name, "", "", "", "failed (see notes)", "", "", ""]));
             notes.push(format!("{name}: {e}"));
         };
-        for (n, c) in [(1, &self.backlog), (2, &self.large)] {
+        for (n, c) in [(1, &self.backlog), (2, &self.large), (6, &self.wide)] {
             let name = match (n, c) {
                 (1, _) => "1. catch-up",
-                _ => "2. one large txn",
+                (2, _) => "2. one large txn",
+                _ => "6. wide rows",
             };
             match c {
                 None => {}
@@ -179,13 +182,17 @@ impl Report {
                 thousands(txns)
             ),
             Backlog::One { rows } => format!("2. one txn of {} rows", thousands(rows)),
+            Backlog::Wide { rows } => format!(
+                "6. one txn of {} rows with 100 kB descriptions",
+                thousands(rows)
+            ),
         };
         let ratio = match (c.sync.time(), c.set_based.time()) {
             (Some(s), Some(r)) => Some(s.as_secs_f64() / r.as_secs_f64()),
             _ => None,
         };
         let per_sec = c.sync.time().map(|d| rows_n as f64 / d.as_secs_f64());
-        let large = n == 2;
+        let large = n == 2 || n == 6;
         // VmHWM can read a little below a sampled VmRSS; take the larger.
         let rss = c
             .sync_hwm_kib
@@ -327,7 +334,7 @@ impl Report {
     }
 
     fn details(&self, notes: &mut Vec<String>) {
-        for (name, c) in [("1", &self.backlog), ("2", &self.large)] {
+        for (name, c) in [("1", &self.backlog), ("2", &self.large), ("6", &self.wide)] {
             let Some(Ok(c)) = c else { continue };
             notes.push(format!(
                 "{name}: backlog written by the CRM in {}; calendar-sync had committed it \

@@ -101,6 +101,14 @@ pub async fn run_all(args: Args) -> anyhow::Result<()> {
                 let shape = Backlog::One { rows: args.size };
                 rep.large = Some(bounded!(catch_up(&bench, &args, shape, "large")));
             }
+            6 => {
+                // The "10,000 updates carrying 100 kB descriptions"
+                // (1 GB of row data), fewer for a small --size.
+                let shape = Backlog::Wide {
+                    rows: (args.size / 10).clamp(1, 10_000),
+                };
+                rep.wide = Some(bounded!(catch_up(&bench, &args, shape, "wide")));
+            }
             3 => rep.snapshot = Some(bounded!(snapshot(&bench, &args))),
             4 => rep.steady = Some(bounded!(steady(&bench, &args))),
             5 => rep.writer = Some(bounded!(writer(&bench, &args))),

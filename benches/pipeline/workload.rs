@@ -68,13 +68,16 @@ pub enum Backlog {
     Txns { txns: u64, per: u64 },
     /// One transaction of `rows` inserts.
     One { rows: u64 },
+    /// One transaction of `rows` inserts with an incompressible 100 kB
+    /// description each (memory: the byte bounds).
+    Wide { rows: u64 },
 }
 
 impl Backlog {
     pub fn rows(self) -> u64 {
         match self {
             Backlog::Txns { txns, per } => txns * per,
-            Backlog::One { rows } => rows,
+            Backlog::One { rows } | Backlog::Wide { rows } => rows,
         }
     }
 }
@@ -114,6 +117,16 @@ pub async fn write_backlog(c: &Client, shape: Backlog) -> anyhow::Result<Written
             ))
             .await
             .context("writing the large transaction")?,
+        Backlog::Wide { rows } => c
+            .simple_query(&format!(
+                "begin; select count(*) from bench_insert(0, {rows}); \
+                 update interaction set description = \
+                   (select string_agg(md5(interaction_id::text || s::text), '') \
+                      from generate_series(1, 3200) s); \
+                 select pg_current_wal_insert_lsn()::text; commit"
+            ))
+            .await
+            .context("writing the wide transaction")?,
     };
     let took = started.elapsed();
     let before_last_commit =

@@ -194,6 +194,11 @@ impl Writer {
         debug_assert_eq!(self.batch.as_ref().map(|b| b.kind), Some(kind));
     }
 
+    /// The process's metrics (the snapshot copy counts its rows there).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// A batch is open: its source transactions are not committed yet.
     pub fn is_open(&self) -> bool {
         self.batch.is_some()

@@ -94,12 +94,13 @@ impl Known {
         id.and_then(|id| self.names.get(&(party, id)).cloned().flatten())
     }
 
-    /// Takes what a written plan left: the chunk's final events and failures.
-    pub fn absorb(&mut self, plan: &Plan) {
-        for (id, event) in &plan.finals {
+    /// Takes what a written plan left: the chunk's final events (moved, not
+    /// copied: a chunk of large descriptions is held once) and failures.
+    pub fn absorb(&mut self, plan: Plan) {
+        for (id, event) in plan.finals {
             match event {
-                Some(e) => self.events.insert(*id, e.clone()),
-                None => self.events.remove(id),
+                Some(e) => self.events.insert(id, e),
+                None => self.events.remove(&id),
             };
         }
         for f in &plan.failures {
@@ -135,9 +136,11 @@ pub struct FailureRow {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub deletes: Vec<Uuid>,
-    pub updates: Vec<StoredEvent>,
-    /// `(interaction id, event)`.
-    pub inserts: Vec<(Uuid, StoredEvent)>,
+    /// Indexes into `finals` of events to update in place.
+    pub updates: Vec<usize>,
+    /// Indexes into `finals` of events to insert (the interaction id is the
+    /// final's key).
+    pub inserts: Vec<usize>,
     pub log: Vec<LogRow>,
     pub failures: Vec<FailureRow>,
     /// Open failures to resolve: the interaction's last change here succeeded.
@@ -151,6 +154,21 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// `(interaction id, event)` of the events to insert.
+    pub fn inserted(&self) -> impl Iterator<Item = (Uuid, &StoredEvent)> + '_ {
+        self.inserts.iter().filter_map(|&i| {
+            let (id, e) = self.finals.get(i)?;
+            Some((*id, e.as_ref()?))
+        })
+    }
+
+    /// The events to update in place.
+    pub fn updated(&self) -> impl Iterator<Item = &StoredEvent> + '_ {
+        self.updates
+            .iter()
+            .filter_map(|&i| self.finals.get(i)?.1.as_ref())
+    }
+
     pub fn counts(&self) -> impl Iterator<Item = (Action, Status)> + '_ {
         self.log.iter().map(|l| (l.action, l.status))
     }
@@ -331,16 +349,16 @@ pub fn plan(changes: &[RowChange], known: &Known, window: chrono::Duration, tz: 
         };
         match (&cur.initial, &cur.now) {
             (None, None) => {}
-            (None, Some(e)) => plan.inserts.push((id, e.clone())),
+            (None, Some(_)) => plan.inserts.push(plan.finals.len()),
             (Some(a), None) => plan.deletes.push(a.event_id),
             (Some(a), Some(b)) if a.event_id == b.event_id => {
                 if a != b {
-                    plan.updates.push(b.clone());
+                    plan.updates.push(plan.finals.len());
                 }
             }
-            (Some(a), Some(b)) => {
+            (Some(a), Some(_)) => {
                 plan.deletes.push(a.event_id);
-                plan.inserts.push((id, b.clone()));
+                plan.inserts.push(plan.finals.len());
             }
         }
         match cur.last_ok {

@@ -42,13 +42,13 @@ impl Writer {
             let plan = self.decide(part, &mut known).await?;
             match self.write_plan(plan).await? {
                 Outcome::Written(plan) => {
-                    known.absorb(&plan);
                     self.account(&plan);
+                    known.absorb(plan);
                 }
                 Outcome::RowError(message) if part.len() == 1 => {
                     let failed = self.isolate(&part[0], &known, message).await?;
-                    known.absorb(&failed);
                     self.account(&failed);
+                    known.absorb(failed);
                 }
                 Outcome::RowError(_) => {
                     let mid = from + part.len() / 2;
@@ -189,10 +189,9 @@ impl Writer {
     async fn statements(&self, plan: &Plan, retry: bool) -> Result<(), tokio_postgres::Error> {
         let t = &self.target;
         let updates: Vec<(Uuid, &plan::StoredEvent)> =
-            plan.updates.iter().map(|e| (Uuid::nil(), e)).collect();
+            plan.updated().map(|e| (Uuid::nil(), e)).collect();
         let updates = EventArrays::new(&updates);
-        let inserts: Vec<(Uuid, &plan::StoredEvent)> =
-            plan.inserts.iter().map(|(id, e)| (*id, e)).collect();
+        let inserts: Vec<(Uuid, &plan::StoredEvent)> = plan.inserted().collect();
         let inserts = EventArrays::new(&inserts);
         // Pipelined; checked in statement order (see `load`).
         let (sp, deleted, updated, inserted, logged, failed, resolved, released) = tokio::join!(

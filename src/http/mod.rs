@@ -1,5 +1,10 @@
 //! A tiny HTTP/1.1 server for `/healthz`, `/readyz` and `/metrics`.
 //!
+//! `/healthz` (liveness) is 503 while streaming with no message from the
+//! server for longer than the liveness limit; `/readyz` is 200 only while
+//! streaming, and otherwise names the phase in its body (e.g. "snapshot in
+//! progress"). See [`crate::metrics`].
+//!
 //! Why hand-rolled: the process exposes exactly three `GET` endpoints, for
 //! the ECS health checks and for Prometheus scraping. That needs no router,
 //! no keep-alive, no bodies and no HTTP crate. The server reads the request
@@ -228,7 +233,10 @@ fn respond(head: &[u8], metrics: &Metrics) -> Vec<u8> {
             ("405 Method Not Allowed", "method not allowed\n".to_owned())
         }
         Some(r) => match r.path {
-            "/healthz" => ("200 OK", "ok\n".to_owned()),
+            "/healthz" => match metrics.is_live() {
+                Ok(()) => ("200 OK", "ok\n".to_owned()),
+                Err(reason) => ("503 Service Unavailable", format!("{reason}\n")),
+            },
             "/readyz" => match metrics.is_ready() {
                 Ok(()) => ("200 OK", "ready\n".to_owned()),
                 Err(reason) => ("503 Service Unavailable", format!("{reason}\n")),

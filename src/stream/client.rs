@@ -17,7 +17,7 @@ pub use super::preflight::{check_publication, preflight, resolve_tables};
 pub use super::snapshot::{create_slot_and_snapshot, rollback_bounded};
 
 /// Events buffered between the replication worker and the writer.
-const REPLICATION_BUFFER_EVENTS: usize = 256;
+const REPLICATION_BUFFER_EVENTS: usize = 64;
 
 /// The slot as `pg_replication_slots` shows it.
 #[derive(Debug, Clone)]
@@ -105,8 +105,8 @@ pub fn replication_config(cfg: &Config) -> Result<ReplicationConfig, SyncError> 
     .with_status_interval(cfg.status_interval)
     .with_wakeup_interval(Duration::from_secs(5))
     // The replication buffer is bounded by count (the crate has no byte
-    // bound): 256 events of at most one row each. With 100 kB descriptions
-    // that is ~25 MB; the default (8,192) would be ~800 MB. The writer keeps
+    // bound): 64 events of at most one row each. With 100 kB descriptions
+    // that is ~6.4 MB; the default (8,192) would be ~800 MB. The writer keeps
     // up with far fewer: it reads in chunks while the worker refills.
     .with_buffer_size(REPLICATION_BUFFER_EVENTS)
     // Values arrive as text: pin the formats the decoder reads.

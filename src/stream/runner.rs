@@ -335,6 +335,7 @@ impl Streamer<'_> {
                     "the server ended the stream",
                 ));
             };
+            self.metrics.server_message();
             // SIGTERM abandons an apply in flight (e.g. a statement waiting
             // for a CRM lock): its connections are dropped and the server
             // rolls it back; only committed LSNs were acknowledged.

@@ -170,6 +170,7 @@ async fn copy_snapshot(
     writer: &mut Writer,
     lock: &Client,
 ) -> Result<u64, SyncError> {
+    writer.metrics().set_snapshot();
     let err = |what: &'static str| move |e| SyncError::db(what, e);
     reader
         .batch_execute(&format!(
@@ -216,6 +217,7 @@ async fn copy_snapshot(
         if rows.is_empty() {
             break;
         }
+        writer.metrics().snapshot_rows(rows.len() as u64);
         for row in &rows {
             let id = row.try_get("interaction_id").map_err(|e| {
                 SyncError::fatal(

@@ -91,7 +91,7 @@ fn the_same_interaction_several_times_is_written_once_in_its_last_state_with_a_l
     );
     assert_eq!(p.inserts.len(), 1);
     assert!(p.updates.is_empty() && p.deletes.is_empty());
-    let e = &p.inserts[0].1;
+    let e = p.inserted().next().expect("one insert").1;
     assert_eq!(e.fields.title, "c");
     assert_eq!(e.source_lsn, Some(Lsn(3)));
     // Every log row names the one event.
@@ -117,12 +117,12 @@ fn an_existing_event_deleted_and_created_again_is_deleted_then_inserted() {
     let id = Uuid::new_v4();
     let mut known = Known::default();
     let first = run(&[upsert(1, row(id, "a"))], &known);
-    known.absorb(&first);
+    known.absorb(first);
     let old = known.events[&id].event_id;
     let p = run(&[delete(2, id), upsert(3, row(id, "b"))], &known);
     assert_eq!(p.deletes, vec![old]);
     assert_eq!(p.inserts.len(), 1);
-    assert_ne!(p.inserts[0].1.event_id, old);
+    assert_ne!(p.inserted().next().expect("insert").1.event_id, old);
 }
 
 #[test]
@@ -148,11 +148,7 @@ fn a_bad_row_fails_alone_and_keeps_the_last_good_event() {
     );
     assert_eq!(p.failures.len(), 1);
     assert_eq!(p.failures[0].interaction_id, a);
-    let a_event = p
-        .inserts
-        .iter()
-        .find(|(id, _)| *id == a)
-        .expect("a created");
+    let a_event = p.inserted().find(|(id, _)| *id == a).expect("a created");
     assert_eq!(a_event.1.fields.title, "good");
 }
 
@@ -160,7 +156,7 @@ fn a_bad_row_fails_alone_and_keeps_the_last_good_event() {
 fn an_unchanged_toast_after_a_failure_reads_the_live_description() {
     let id = Uuid::new_v4();
     let mut known = Known::default();
-    known.absorb(&run(&[upsert(1, row(id, "a"))], &known));
+    known.absorb(run(&[upsert(1, row(id, "a"))], &known));
     known.failing.insert(id);
     let mut fix = row(id, "a");
     fix.description = Toast::Unchanged;
@@ -176,7 +172,15 @@ fn an_unchanged_toast_after_a_failure_reads_the_live_description() {
     known.descriptions.insert(id, Some("live".into()));
     let p = run(&[upsert(2, fix)], &known);
     assert_eq!(p.updates.len(), 1);
-    assert_eq!(p.updates[0].fields.description.as_deref(), Some("live"));
+    assert_eq!(
+        p.updated()
+            .next()
+            .expect("update")
+            .fields
+            .description
+            .as_deref(),
+        Some("live")
+    );
     assert_eq!(p.resolved, vec![id]);
 }
 
@@ -184,18 +188,26 @@ fn an_unchanged_toast_after_a_failure_reads_the_live_description() {
 fn an_unchanged_toast_of_a_fresh_event_keeps_the_stored_description() {
     let id = Uuid::new_v4();
     let mut known = Known::default();
-    known.absorb(&run(&[upsert(1, row(id, "a"))], &known));
+    known.absorb(run(&[upsert(1, row(id, "a"))], &known));
     let mut next = row(id, "b");
     next.description = Toast::Unchanged;
     let p = run(&[upsert(2, next)], &known);
-    assert_eq!(p.updates[0].fields.description.as_deref(), Some("d"));
+    assert_eq!(
+        p.updated()
+            .next()
+            .expect("update")
+            .fields
+            .description
+            .as_deref(),
+        Some("d")
+    );
 }
 
 #[test]
 fn an_update_older_than_the_event_is_refused_by_the_guard() {
     let id = Uuid::new_v4();
     let mut known = Known::default();
-    known.absorb(&run(&[upsert(10, row(id, "new"))], &known));
+    known.absorb(run(&[upsert(10, row(id, "new"))], &known));
     let p = run(&[upsert(5, row(id, "old"))], &known);
     assert_eq!(p.refused, 1);
     assert!(p.updates.is_empty() && p.log.is_empty());
@@ -214,5 +226,8 @@ fn participants_come_from_the_known_names() {
         .insert((Party::Customer, cu), Some("Acme".into()));
     known.names.insert((Party::Contact, co), None);
     let p = run(&[upsert(1, r)], &known);
-    assert_eq!(p.inserts[0].1.fields.participants, vec!["Acme".to_string()]);
+    assert_eq!(
+        p.inserted().next().expect("insert").1.fields.participants,
+        vec!["Acme".to_string()]
+    );
 }
