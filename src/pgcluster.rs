@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 pub enum ClusterError {
     #[error("CALENDAR_SYNC_PG_BINDIR is {0}, which has no initdb and pg_ctl; point it at the directory holding PostgreSQL's server binaries (e.g. /usr/lib/postgresql/17/bin), or unset it to search PATH, `pg_config --bindir` and /usr/lib/postgresql/*/bin")]
     BadBindir(String),
-    #[error("no PostgreSQL server binaries found (looked for initdb in $CALENDAR_SYNC_PG_BINDIR, PATH, `pg_config --bindir` and /usr/lib/postgresql/*/bin); install them, e.g. `apt-get install postgresql` on Debian/Ubuntu")]
+    #[error("no PostgreSQL server binaries found (looked for initdb and pg_ctl in PATH, `pg_config --bindir` and /usr/lib/postgresql/*/bin); install them, e.g. `apt-get install postgresql` on Debian/Ubuntu, or set CALENDAR_SYNC_PG_BINDIR to their directory")]
     NoBinaries,
     #[error("running as root, but there is no unprivileged `postgres` user to run initdb as (initdb refuses root); create one or install Debian's postgresql package, which does")]
     NoUnprivilegedUser,
