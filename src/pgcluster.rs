@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 /// Why no cluster could be started. The message says what to install or check.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("no PostgreSQL server binaries found (looked for initdb in $CALENDAR_SYNC_PG_BINDIR, PATH, `pg_config --bindir` and /usr/lib/postgresql/*/bin); install them, e.g. `apt-get install postgresql` on Debian/Ubuntu")]
+    #[error("CALENDAR_SYNC_PG_BINDIR is {0}, which has no initdb and pg_ctl; point it at the directory holding PostgreSQL's server binaries (e.g. /usr/lib/postgresql/17/bin), or unset it to search PATH, `pg_config --bindir` and /usr/lib/postgresql/*/bin")]
+    BadBindir(String),
+    #[error("no PostgreSQL server binaries found (looked for initdb and pg_ctl in PATH, `pg_config --bindir` and /usr/lib/postgresql/*/bin); install them, e.g. `apt-get install postgresql` on Debian/Ubuntu, or set CALENDAR_SYNC_PG_BINDIR to their directory")]
     NoBinaries,
     #[error("running as root, but there is no unprivileged `postgres` user to run initdb as (initdb refuses root); create one or install Debian's postgresql package, which does")]
     NoUnprivilegedUser,
@@ -38,13 +40,29 @@ pub struct LocalCluster {
     run_as: Option<(u32, u32)>,
 }
 
-/// Finds the directory holding `initdb` and `pg_ctl`.
+/// Finds the directory holding `initdb` and `pg_ctl`: `CALENDAR_SYNC_PG_BINDIR`
+/// when set (and nothing else then), else `PATH`, `pg_config --bindir`, and
+/// the newest /usr/lib/postgresql/*/bin.
 pub fn find_bindir() -> Result<PathBuf, ClusterError> {
-    let has = |d: &Path| d.join("initdb").is_file() && d.join("pg_ctl").is_file();
-    if let Some(d) = std::env::var_os("CALENDAR_SYNC_PG_BINDIR").map(PathBuf::from) {
-        if has(&d) {
-            return Ok(d);
-        }
+    find_bindir_with(std::env::var_os("CALENDAR_SYNC_PG_BINDIR"))
+}
+
+fn has_server_binaries(d: &Path) -> bool {
+    d.join("initdb").is_file() && d.join("pg_ctl").is_file()
+}
+
+/// [`find_bindir`] with the value of `CALENDAR_SYNC_PG_BINDIR` given. A set
+/// but wrong directory is an error, not a reason to look elsewhere: whoever
+/// set it asked for those binaries (CI runs the tests once per major this
+/// way), and a fallback would run everything on another server, unnoticed.
+fn find_bindir_with(explicit: Option<std::ffi::OsString>) -> Result<PathBuf, ClusterError> {
+    let has = has_server_binaries;
+    if let Some(d) = explicit.filter(|d| !d.is_empty()).map(PathBuf::from) {
+        return if has(&d) {
+            Ok(d)
+        } else {
+            Err(ClusterError::BadBindir(d.display().to_string()))
+        };
     }
     if let Some(path) = std::env::var_os("PATH") {
         if let Some(d) = std::env::split_paths(&path).find(|d| has(d)) {
@@ -339,5 +357,35 @@ impl Drop for LocalCluster {
     fn drop(&mut self) {
         let _ = self.stop("immediate");
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_set_bindir_without_the_binaries_is_an_error_not_a_fallback() {
+        let empty =
+            std::env::temp_dir().join(format!("calendar-sync-no-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&empty).expect("temp dir");
+        let got = find_bindir_with(Some(empty.clone().into_os_string()));
+        let _ = std::fs::remove_dir(&empty);
+        match got {
+            Err(ClusterError::BadBindir(d)) => assert_eq!(d, empty.display().to_string()),
+            other => panic!("expected BadBindir for a directory without initdb, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_set_bindir_with_the_binaries_is_used() {
+        let dir = std::env::temp_dir().join(format!("calendar-sync-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        for f in ["initdb", "pg_ctl"] {
+            std::fs::write(dir.join(f), "").expect("stub binary");
+        }
+        let got = find_bindir_with(Some(dir.clone().into_os_string()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(got.expect("the set directory"), dir);
     }
 }

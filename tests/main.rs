@@ -14,6 +14,7 @@ mod fatal;
 mod idle;
 mod mapping;
 mod ops;
+mod pg_version;
 mod process;
 mod reconcile;
 mod recovery;
