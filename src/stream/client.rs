@@ -103,7 +103,11 @@ pub fn replication_config(cfg: &Config) -> Result<ReplicationConfig, SyncError> 
     // client reports 0/0, which the server ignores.
     .with_start_lsn(pgwire_replication::Lsn::ZERO)
     .with_status_interval(cfg.status_interval)
-    .with_wakeup_interval(Duration::from_secs(5))
+    // With no message for this long the worker sends a standby status of
+    // its own: the last applied LSN reaches the server within about a second
+    // when idle, also right before a SIGTERM stop (pgwire-replication sends
+    // no status with its CopyDone).
+    .with_wakeup_interval(Duration::from_secs(1))
     // The replication buffer is bounded by count (the crate has no byte
     // bound): 64 events of at most one row each. With 100 kB descriptions
     // that is ~6.4 MB; the default (8,192) would be ~800 MB. The writer keeps
