@@ -181,6 +181,51 @@ pub async fn slot_lock_held(lock: &Client, slot: &str) -> Result<(), SyncError> 
     }
 }
 
+/// After a clean stop: moves the slot's `confirmed_flush_lsn` to `acked` if
+/// the last standby status did not get there (pgwire-replication sends none
+/// with its CopyDone, so the final position otherwise waits for a keepalive
+/// reply that may not come before the process exits). Only once the
+/// walsender has let go of the slot, only forward, best effort: `acked` is
+/// committed and publication-checked, exactly what a status update would
+/// have reported.
+pub async fn advance_released_slot(source: &Client, slot: &str, acked: Lsn) {
+    if acked == Lsn::ZERO {
+        return;
+    }
+    let lsn = tokio_postgres::types::PgLsn::from(acked);
+    for _ in 0..40 {
+        let advanced = source
+            .query(
+                "select pg_replication_slot_advance(slot_name, $2)::text
+                   from pg_replication_slots
+                  where slot_name = $1 and not active and confirmed_flush_lsn < $2",
+                &[&slot, &lsn],
+            )
+            .await;
+        match advanced {
+            Ok(rows) if !rows.is_empty() => {
+                tracing::debug!(%acked, "moved the slot to the last applied position after the stream closed");
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "could not move the slot after the stream closed; the next start replays and skips");
+                return;
+            }
+        }
+        let done = source
+            .query_opt(
+                "select 1 from pg_replication_slots where slot_name = $1 and confirmed_flush_lsn >= $2",
+                &[&slot, &lsn],
+            )
+            .await;
+        if !matches!(done, Ok(None)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Drops a slot whose snapshot never finished. Refuses when a session holds it.
 pub async fn drop_unfinished_slot(source: &Client, slot: &str) -> Result<(), SyncError> {
     tracing::warn!(slot, "slot exists but its initial snapshot never committed (interrupted start): dropping it to take a new one");

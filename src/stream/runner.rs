@@ -204,6 +204,12 @@ async fn session(
         Err(_) => tracing::warn!("stopping without reporting the last applied transactions: the publication check did not answer within 3 s; they are replayed (and skipped) on the next start"),
     }
     finish(&mut s.repl, cfg, s.acked).await;
+    // Bounded: SIGTERM is answered within seconds.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        client::advance_released_slot(&s.source, &cfg.slot, s.acked),
+    )
+    .await;
     result
 }
 
