@@ -215,15 +215,19 @@ async fn session(
 
 /// Waits (bounded) until the last acknowledged LSN reached the server in a
 /// standby status update, then ends the session with CopyDone.
+/// The wait is short (SIGTERM is answered within seconds): a position the
+/// worker did not report in time is moved onto the released slot afterwards
+/// (`client::advance_released_slot`).
 async fn finish(repl: &mut ReplicationClient, cfg: &Config, acked: Lsn) {
     let metrics = repl.metrics();
     let wanted = acked.0;
-    let deadline = tokio::time::Instant::now() + cfg.status_interval * 3 + Duration::from_secs(1);
+    let wait = (cfg.status_interval * 3).min(Duration::from_millis(1500));
+    let deadline = tokio::time::Instant::now() + wait;
     while metrics.last_applied_lsn().as_u64() < wanted && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tracing::info!(flushed = %Lsn(metrics.last_applied_lsn().as_u64()), "final status update sent; stopping");
-    let _ = tokio::time::timeout(Duration::from_secs(3), repl.shutdown()).await;
+    tracing::info!(flushed = %Lsn(metrics.last_applied_lsn().as_u64()), "stopping the replication stream");
+    let _ = tokio::time::timeout(Duration::from_secs(2), repl.shutdown()).await;
 }
 
 /// After a batch commit, acknowledgements are released (one publication
