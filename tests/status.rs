@@ -134,6 +134,14 @@ async fn a_lag_over_the_threshold_or_an_inactive_slot_is_degraded() {
     wait_streaming(&db).await;
     run.stop().await.expect("clean stop");
     db.insert("While stopped", "now()", "").await;
+    // The test cluster commits asynchronously: wait until the WAL write
+    // position (what lag is measured against) is past the insert.
+    let inserted = pg_current_lsn(&db.client).await;
+    db.wait_count(
+        &format!("select count(*) where pg_current_wal_lsn() >= '{inserted}'::pg_lsn"),
+        1,
+    )
+    .await;
     let (code, v, _) = status(&db, &[]);
     assert_eq!(code, 1, "{v}");
     assert_eq!(v["slot_active"], false, "{v}");
