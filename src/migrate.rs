@@ -38,6 +38,10 @@ const TARGET_MIGRATIONS: &[Migration] = &[
         name: "target/0002_party_names",
         sql: include_str!("../migrations/target/0002_party_names.sql"),
     },
+    Migration {
+        name: "target/0003_drop_duplicate_related_index",
+        sql: include_str!("../migrations/target/0003_drop_duplicate_related_index.sql"),
+    },
 ];
 
 /// Any constant: the advisory lock that serialises concurrent `migrate`s.

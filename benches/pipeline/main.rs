@@ -34,6 +34,7 @@
 //! cargo bench --bench pipeline -- --quick           # 100,000
 //! cargo bench --bench pipeline -- --size 20000 --only 1,4 --timeout 300
 //! cargo bench --bench pipeline -- --quick --only 1,2,3 --no-stamp   # the stamp's share
+//! cargo bench --bench pipeline -- --quick --only 1 --statements     # server time per statement
 //! ```
 //!
 //! `--timeout SECS` (default 900) bounds each consumer measurement: a run
@@ -63,6 +64,9 @@ pub struct Args {
     /// Scenarios 1-4: calendar-sync stamps `calendar_synced_at` (`--no-stamp`
     /// measures the stamp's share).
     pub stamp: bool,
+    /// Print the statements that took the most server time in each
+    /// calendar-sync run (`pg_stat_statements`).
+    pub statements: bool,
 }
 
 const DEFAULT_SIZE: u64 = 1_000_000;
@@ -75,6 +79,7 @@ impl Args {
         let mut timeout = Duration::from_secs(900);
         let mut only = vec![1, 2, 3, 4, 5, 6];
         let mut stamp = true;
+        let mut statements = false;
         let mut args = args.peekable();
         let number = |flag: &str, v: Option<String>| -> Result<u64, String> {
             let v = v.ok_or_else(|| format!("{flag} needs a number"))?;
@@ -86,6 +91,7 @@ impl Args {
             match a.as_str() {
                 "--quick" => quick = true,
                 "--no-stamp" => stamp = false,
+                "--statements" => statements = true,
                 "--size" => size = Some(number("--size", args.next())?.max(10)),
                 "--timeout" => timeout = Duration::from_secs(number("--timeout", args.next())?),
                 "--only" => {
@@ -108,6 +114,7 @@ impl Args {
             steady: Duration::from_secs(if quick { 10 } else { 20 }),
             writer: Duration::from_secs(if quick { 5 } else { 10 }),
             stamp,
+            statements,
         })
     }
 }

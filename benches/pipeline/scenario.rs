@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::process::{metric_sum, CalendarSync, Outcome, Peaks};
 use crate::report::{self, Report};
-use crate::setup::{connect, Bench, Db};
+use crate::setup::{self, connect, Bench, Db};
 use crate::workload::{self, Backlog, Spill};
 use crate::Args;
 
@@ -73,7 +73,7 @@ pub struct Writer {
 
 pub async fn run_all(args: Args) -> anyhow::Result<()> {
     eprintln!("pipeline bench: {args:?}");
-    let bench = Bench::start().await?;
+    let bench = Bench::start(args.statements).await?;
     let machine = bench.machine().await;
     let mut rep = Report::new(&args, machine);
     // A backstop only: every consumer wait has its own deadline.
@@ -213,6 +213,7 @@ async fn catch_up_in(
     drop_slot(&db.client, &recv_slot).await?;
 
     eprintln!("calendar-sync catches up");
+    setup::reset_statements(bench, db).await?;
     let xid_before = workload::next_xid(&db.client).await?;
     let mut sync_peaks = Peaks::default();
     let mut sync = CalendarSync::spawn(bench, db, args.stamp, "catch-up")?;
@@ -249,6 +250,7 @@ async fn catch_up_in(
         );
     }
     eprintln!("  calendar-sync: {outcome:?}");
+    setup::print_statements(bench, db, "the catch-up").await?;
     sync.stop().await?;
     let sync_spill = workload::spill(&db.client, &db.name).await;
     let events = count(&db.client, "select count(*) from calendar_events").await?;
@@ -330,6 +332,7 @@ async fn snapshot_in(bench: &Bench, args: &Args, db: &Db) -> anyhow::Result<Snap
     eprintln!("  set-based: {set_based:?}");
     eprintln!("calendar-sync takes the initial snapshot");
     let mut peaks = Peaks::default();
+    setup::reset_statements(bench, db).await?;
     let mut sync = CalendarSync::spawn(bench, db, args.stamp, "snapshot")?;
     let (client, slot) = (&db.client, db.name.as_str());
     let mut outcome = sync
@@ -345,6 +348,7 @@ async fn snapshot_in(bench: &Bench, args: &Args, db: &Db) -> anyhow::Result<Snap
         *progress = "the snapshot had not committed (it is one transaction)".into();
     }
     eprintln!("  calendar-sync: {outcome:?}");
+    setup::print_statements(bench, db, "the snapshot").await?;
     sync.stop().await?;
     let events = count(&db.client, "select count(*) from calendar_events").await?;
     Ok(Snapshot {

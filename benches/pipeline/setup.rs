@@ -22,6 +22,11 @@ use crate::workload;
 const EXTRA_CONF: &str =
     "max_wal_size = 4GB\nlog_min_messages = warning\nsynchronous_commit = on\n";
 
+/// With `--statements`: per-statement totals of every database
+/// (`pg_stat_statements`, nested statements included).
+const STATEMENTS_CONF: &str =
+    "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = all\n";
+
 /// The cluster and what every scenario needs from it.
 pub struct Bench {
     pub cluster: LocalCluster,
@@ -33,6 +38,8 @@ pub struct Bench {
     pub log_dir: PathBuf,
     admin: Client,
     next_db: std::sync::atomic::AtomicU32,
+    /// `pg_stat_statements` is loaded (`--statements`).
+    pub statements: bool,
 }
 
 /// One scenario's database; its name is also the slot and publication name.
@@ -49,8 +56,13 @@ pub async fn connect(url: &str) -> anyhow::Result<Client> {
 }
 
 impl Bench {
-    pub async fn start() -> anyhow::Result<Bench> {
-        let cluster = tokio::task::spawn_blocking(|| LocalCluster::start("bench", EXTRA_CONF))
+    pub async fn start(statements: bool) -> anyhow::Result<Bench> {
+        let conf = if statements {
+            format!("{EXTRA_CONF}{STATEMENTS_CONF}")
+        } else {
+            EXTRA_CONF.to_string()
+        };
+        let cluster = tokio::task::spawn_blocking(move || LocalCluster::start("bench", &conf))
             .await
             .context("starting the cluster")??;
         let recvlogical = find_recvlogical(&find_bindir()?);
@@ -67,6 +79,7 @@ impl Bench {
             log_dir,
             admin,
             next_db: std::sync::atomic::AtomicU32::new(1),
+            statements,
         })
     }
 
@@ -94,6 +107,12 @@ impl Bench {
         migrate::migrate(&self.config(&name, &url)?)
             .await
             .context("calendar-sync migrate")?;
+        if self.statements {
+            client
+                .batch_execute("create extension if not exists pg_stat_statements")
+                .await
+                .context("creating pg_stat_statements")?;
+        }
         Ok(Db { name, url, client })
     }
 
@@ -254,4 +273,48 @@ pub fn dir_size(dir: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
+}
+
+/// With `--statements`: forgets the totals so far.
+pub async fn reset_statements(bench: &Bench, db: &Db) -> anyhow::Result<()> {
+    if bench.statements {
+        db.client
+            .batch_execute("select pg_stat_statements_reset()")
+            .await
+            .context("resetting pg_stat_statements")?;
+    }
+    Ok(())
+}
+
+/// With `--statements`: the statements of this database that took the most
+/// time since [`reset_statements`], on stderr.
+pub async fn print_statements(bench: &Bench, db: &Db, what: &str) -> anyhow::Result<()> {
+    if !bench.statements {
+        return Ok(());
+    }
+    let rows = db
+        .client
+        .query(
+            "select round(total_exec_time)::bigint, calls, rows, shared_blks_hit + shared_blks_read,
+                    wal_bytes::bigint, left(regexp_replace(query, '\\s+', ' ', 'g'), 110)
+               from pg_stat_statements s join pg_database d on d.oid = s.dbid
+              where d.datname = current_database()
+              order by total_exec_time desc limit 15",
+            &[],
+        )
+        .await
+        .context("reading pg_stat_statements")?;
+    eprintln!("  statements during {what} (ms, calls, rows, blocks, WAL bytes, query):");
+    for r in rows {
+        eprintln!(
+            "  {:>8} {:>8} {:>9} {:>10} {:>11}  {}",
+            r.get::<_, i64>(0),
+            r.get::<_, i64>(1),
+            r.get::<_, i64>(2),
+            r.get::<_, i64>(3),
+            r.get::<_, i64>(4),
+            r.get::<_, String>(5)
+        );
+    }
+    Ok(())
 }
