@@ -83,7 +83,8 @@ pub struct Status {
     /// `pg_current_wal_lsn() - restart_lsn`: WAL the server keeps for the slot.
     pub retained_wal_bytes: Option<i64>,
     /// Bytes of WAL that may still be written before the slot is at risk of
-    /// invalidation; `None` when `max_slot_wal_keep_size` is unlimited.
+    /// invalidation; `None` when `max_slot_wal_keep_size` is unlimited, and
+    /// when the slot is missing or lost (`slot_exists`, `wal_status`).
     pub safe_wal_size_bytes: Option<i64>,
     pub confirmed_flush_lsn: Option<String>,
     pub progress_lsn: Option<String>,
@@ -268,14 +269,14 @@ pub fn judge(s: &Status) -> (Health, Vec<String>) {
             "replication slot {} is missing{}",
             s.slot,
             if s.progress_lsn.is_some() {
-                ": changes made since it was dropped are lost to the stream; start over with a new snapshot (see the fatal error of `run`)"
+                ": changes made since it was dropped are lost to the stream; start over with `calendar-sync run --resync` once (a new snapshot, then the events of interactions deleted meanwhile are removed), then `calendar-sync reconcile --dry-run`"
             } else {
                 ": `run` creates it"
             }
         ));
     } else if s.wal_status.as_deref() == Some("lost") {
         broken.push(format!(
-            "replication slot {} was invalidated (wal_status = lost): the WAL it needed is gone",
+            "replication slot {} was invalidated (wal_status = lost): the WAL it needed is gone; raise max_slot_wal_keep_size, then start over with `calendar-sync run --resync` once",
             s.slot
         ));
     }
@@ -369,8 +370,14 @@ impl std::fmt::Display for Status {
         writeln!(
             f,
             "safe WAL size    {}",
-            self.safe_wal_size_bytes
-                .map_or_else(|| "unlimited".into(), bytes)
+            match self.safe_wal_size_bytes {
+                Some(n) => bytes(n),
+                // NULL also for a missing or lost slot: nothing is safe then.
+                None if self.slot_exists && self.wal_status.as_deref() != Some("lost") => {
+                    "unlimited".into()
+                }
+                None => "-".into(),
+            }
         )?;
         writeln!(f, "confirmed flush  {}", o(&self.confirmed_flush_lsn))?;
         writeln!(
@@ -411,5 +418,57 @@ impl std::fmt::Display for Status {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lost_slot() -> Status {
+        Status {
+            health: Health::Healthy,
+            problems: Vec::new(),
+            slot: "calendar_sync".into(),
+            slot_exists: true,
+            slot_active: false,
+            slot_active_pid: None,
+            slot_client_addr: None,
+            slot_application_name: None,
+            wal_status: Some("lost".into()),
+            retained_wal_bytes: None,
+            safe_wal_size_bytes: None,
+            confirmed_flush_lsn: Some("0/1970880".into()),
+            progress_lsn: Some("0/1970880".into()),
+            last_commit_time: None,
+            lag_bytes: None,
+            lag_seconds: None,
+            max_lag_seconds: 300,
+            snapshot_in_progress: false,
+            snapshot_rows_estimate: None,
+            publication: "calendar_sync".into(),
+            publication_exists: true,
+            wal_level: "logical".into(),
+            pending_failures: 0,
+            oldest_failure: None,
+        }
+    }
+
+    #[test]
+    fn a_lost_slot_is_broken_and_names_the_way_back() {
+        let mut s = lost_slot();
+        let (health, problems) = judge(&s);
+        assert_eq!(health, Health::Broken);
+        assert!(
+            problems[0].contains("wal_status = lost")
+                && problems[0].contains("`calendar-sync run --resync`"),
+            "{problems:?}"
+        );
+        (s.health, s.problems) = (health, problems);
+        let text = s.to_string();
+        assert!(
+            text.lines().any(|l| l == "safe WAL size    -"),
+            "a lost slot has no safe WAL size, it is not unlimited: {text}"
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! deploy/: the Prometheus alert rules pass `promtool check rules` and their
 //! unit tests (`promtool test rules`), and every metric the alerts, their
 //! tests and the Grafana dashboard name exists on the real binary's
-//! `/metrics` (or is listed below as coming from postgres_exporter).
+//! `/metrics` (or is listed below as coming from postgres_exporter); the
+//! command output the READMEs quote is the operator's-day transcript.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -395,4 +396,57 @@ fn ecs_definitions_agree_with_the_image_and_the_alerts() {
         (Some(0), Some(100))
     );
     assert_eq!(service["desiredCount"], 1);
+}
+
+/// The output the READMEs quote (plain code blocks that start with `$ ` or
+/// `... `) is `docs/operators-day.sh`'s real transcript: every line of it is a
+/// line of `docs/operators-day.out`, trimmed only (a `...` line stands for
+/// lines left out, a leading `... ` for the start of a line left out).
+/// After regenerating the transcript, quote it again.
+#[test]
+fn the_operators_day_the_readmes_quote_is_the_transcript() {
+    let transcript = read("docs/operators-day.out");
+    let lines: BTreeSet<&str> = transcript.lines().map(str::trim).collect();
+    for doc in ["README.md", "deploy/README.md"] {
+        let text = read(doc);
+        let mut blocks: Vec<Vec<&str>> = Vec::new();
+        let mut open: Option<(bool, Vec<&str>)> = None;
+        for line in text.lines() {
+            let t = line.trim();
+            if t.starts_with("```") {
+                match open.take() {
+                    None => open = Some((t == "```", Vec::new())),
+                    Some((true, block)) => blocks.push(block),
+                    Some((false, _)) => {}
+                }
+            } else if let Some((_, block)) = open.as_mut() {
+                if !t.is_empty() {
+                    block.push(t);
+                }
+            }
+        }
+        let quoted: Vec<&str> = blocks
+            .into_iter()
+            .filter(|b| {
+                b.first()
+                    .is_some_and(|l| l.starts_with("$ ") || l.starts_with("... "))
+            })
+            .flatten()
+            .filter(|l| *l != "...")
+            .collect();
+        assert!(
+            quoted.len() > 20,
+            "{doc} quotes the operator's day: {quoted:?}"
+        );
+        for l in quoted {
+            let found = match l.strip_prefix("... ") {
+                Some(tail) => lines.iter().any(|t| t.ends_with(tail)),
+                None => lines.contains(l),
+            };
+            assert!(
+                found,
+                "{doc} quotes a line that is not in docs/operators-day.out (regenerate with docs/operators-day.sh and quote it again): {l}"
+            );
+        }
+    }
 }

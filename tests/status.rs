@@ -178,9 +178,20 @@ async fn a_dropped_slot_or_publication_is_broken() {
     assert_eq!(v["health"], "broken", "{v}");
     assert_eq!(v["slot_exists"], false, "{v}");
     assert!(v["problems"].to_string().contains("slot"), "{v}");
+    // The way back is named where the operator reads it, not only in `run`'s
+    // fatal error.
+    assert!(
+        v["problems"][0]
+            .as_str()
+            .is_some_and(|p| p.contains("`calendar-sync run --resync`")),
+        "{v}"
+    );
     let (code, text) = text_status(&db);
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("broken"), "{text}");
+    // No slot, so nothing to say about its WAL (not "unlimited": the
+    // server's max_slot_wal_keep_size is not what is missing).
+    assert!(text.lines().any(|l| l == "safe WAL size    -"), "{text}");
 
     db.client
         .batch_execute(&format!("drop publication {}", db.name))
