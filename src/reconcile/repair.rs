@@ -3,14 +3,15 @@
 //! batch through the stream's own [`Writer`] (see the parent module's docs
 //! for why that is safe while `run` streams).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use chrono::Utc;
 use uuid::Uuid;
 
 use super::stamp_bump_only;
+use crate::apply::apply_batch::CurrentState;
 use crate::apply::plan::StoredEvent;
-use crate::apply::{BatchKind, RowChange, Writer};
+use crate::apply::{BatchKind, Writer};
 use crate::config::Config;
 use crate::error::SyncError;
 
@@ -22,47 +23,21 @@ pub(super) async fn repair_page(
     ids: &[Uuid],
     events: &HashMap<Uuid, StoredEvent>,
 ) -> Result<(), SyncError> {
-    let fresh = w.read_current(ids, &cfg.participants, true).await?;
+    let mut fresh = w.read_current(ids, &cfg.participants, true).await?;
     let now = Utc::now();
-    w.begin(BatchKind::Reconcile);
-    let result = async {
-        let mut seen = HashSet::new();
-        for mut c in fresh {
-            seen.insert(c.id);
-            let synced_at = c.synced_at;
-            if let (Ok(row), Some(e)) = (c.row.as_mut(), events.get(&c.id)) {
-                if stamp_bump_only(row, synced_at) {
-                    row.updated_at = e.fields.updated_at;
-                }
-            }
-            w.push_current(c, now).await?;
-        }
-        // Deleted since the page was read: its event goes too.
-        let gone: Vec<Uuid> = ids
-            .iter()
-            .filter(|id| !seen.contains(id))
-            .copied()
-            .collect();
-        if !gone.is_empty() {
-            let lsn = w.source_wal_position().await?;
-            for id in gone {
-                w.push_row(RowChange {
-                    lsn,
-                    ts: now,
-                    id,
-                    row: None,
-                })
-                .await?;
+    for c in &mut fresh {
+        let synced_at = c.synced_at;
+        if let (Ok(row), Some(e)) = (c.row.as_mut(), events.get(&c.id)) {
+            if stamp_bump_only(row, synced_at) {
+                row.updated_at = e.fields.updated_at;
             }
         }
-        w.commit().await
     }
-    .await;
-    if let Err(e) = result {
-        w.rollback().await;
-        return Err(e);
-    }
-    Ok(())
+    // Deleted since the page was read: its event goes too, at the WAL
+    // position read after the rows were pushed.
+    let changes = CurrentState::of(ids, fresh);
+    w.apply_batch(BatchKind::Reconcile, changes, None, now)
+        .await
 }
 
 /// Deletes the events of interactions `gone` through the writer (delete log
@@ -70,23 +45,7 @@ pub(super) async fn repair_page(
 pub(super) async fn delete_events_of(w: &mut Writer, gone: &[Uuid]) -> Result<(), SyncError> {
     let lsn = w.source_wal_position().await?;
     let now = Utc::now();
-    w.begin(BatchKind::Reconcile);
-    let result = async {
-        for id in gone {
-            w.push_row(RowChange {
-                lsn,
-                ts: now,
-                id: *id,
-                row: None,
-            })
-            .await?;
-        }
-        w.commit().await
-    }
-    .await;
-    if let Err(e) = result {
-        w.rollback().await;
-        return Err(e);
-    }
-    Ok(())
+    let changes = gone.iter().map(|id| CurrentState::Gone(*id)).collect();
+    w.apply_batch(BatchKind::Reconcile, changes, Some(lsn), now)
+        .await
 }
