@@ -58,26 +58,12 @@ pub(super) async fn extra_events(
         let Some(last) = ids.last() else { break };
         after = *last;
         read += ids.len() as u64;
-        let present: HashSet<Uuid> = source
-            .query(&existing, &[&ids])
-            .await
-            .map_err(db("checking the events' interactions"))?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()
-            .map_err(db("reading interaction_id"))?;
+        let present = existing_of(source, &existing, &ids).await?;
         let mut gone: Vec<Uuid> = ids.into_iter().filter(|id| !present.contains(id)).collect();
         if let (Some(slot), false) = (slot, gone.is_empty()) {
             // A delete still in the stream is not drift (see `settle`).
             settle(source, slot).await?;
-            let back: HashSet<Uuid> = source
-                .query(&existing, &[&gone])
-                .await
-                .map_err(db("checking the events' interactions"))?
-                .iter()
-                .map(|r| r.try_get(0))
-                .collect::<Result<_, _>>()
-                .map_err(db("reading interaction_id"))?;
+            let back = existing_of(source, &existing, &gone).await?;
             let still: HashSet<Uuid> = target
                 .query(&peek, &[&gone])
                 .await
@@ -98,6 +84,23 @@ pub(super) async fn extra_events(
         }
     }
     Ok((read, extra))
+}
+
+/// Which of interactions `ids` exist in the source (`existing`:
+/// [`sql::EXISTING_INTERACTIONS`], prepared on `source`).
+async fn existing_of(
+    source: &Client,
+    existing: &tokio_postgres::Statement,
+    ids: &[Uuid],
+) -> Result<HashSet<Uuid>, SyncError> {
+    source
+        .query(existing, &[&ids])
+        .await
+        .map_err(db("checking the events' interactions"))?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()
+        .map_err(db("reading interaction_id"))
 }
 
 /// `run --resync`, after its new snapshot committed: deletes the events of

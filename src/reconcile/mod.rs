@@ -171,24 +171,15 @@ pub async fn reconcile(cfg: &Config, dry_run: bool) -> Result<Report, SyncError>
             .collect::<Result<_, _>>()?;
         let events = peek_events(&target, &peek, &page).await?;
         let now = Utc::now();
-        let candidates: Vec<Uuid> = page
-            .iter()
-            .filter(|c| {
-                let stored = events.get(&c.id).map(|e| &e.fields);
-                matches!(
-                    judge(c, stored, now, cfg.window, cfg.timezone),
-                    Verdict::Missing | Verdict::Drifted(_)
-                )
-            })
-            .map(|c| c.id)
-            .collect();
-        report.invalid += page
-            .iter()
-            .filter(|c| {
-                let stored = events.get(&c.id).map(|e| &e.fields);
-                judge(c, stored, now, cfg.window, cfg.timezone) == Verdict::Invalid
-            })
-            .count() as u64;
+        let mut candidates: Vec<Uuid> = Vec::new();
+        for c in &page {
+            let stored = events.get(&c.id).map(|e| &e.fields);
+            match judge(c, stored, now, cfg.window, cfg.timezone) {
+                Verdict::Missing | Verdict::Drifted(_) => candidates.push(c.id),
+                Verdict::Invalid => report.invalid += 1,
+                Verdict::Fine => {}
+            }
+        }
         drop(page);
         if candidates.is_empty() {
             continue;
