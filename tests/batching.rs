@@ -9,7 +9,6 @@ use std::time::Duration;
 use calendar_sync::config::Config;
 use uuid::Uuid;
 
-use crate::process::spawn_run;
 use crate::support::*;
 
 /// A migrated CRM whose slot exists (empty snapshot) and whose consumer is

@@ -8,7 +8,6 @@
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::process::{binary, spawn_run};
 use crate::support::*;
 
 /// xorshift64*: a seeded, dependency-free generator (the seed is printed so a

@@ -9,8 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::idle::{http_get, sigterm_and_wait};
-use crate::process::spawn_run;
 use crate::support::*;
 
 const RULE_FILES: &[&str] = &[
@@ -267,23 +265,14 @@ async fn every_metric_the_alerts_and_the_dashboard_query_exists_on_metrics() {
 
     let db = TestDb::crm().await;
     db.migrate().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = free_port();
     let mut child = spawn_run(
         &db,
         &[("CALENDAR_SYNC_HTTP_ADDR", format!("127.0.0.1:{port}"))],
         Stdio::null(),
     );
-    let mut body = String::new();
-    let scraped = wait_until(Duration::from_secs(30), || {
-        let got = http_get(port, "/metrics");
-        let ok = matches!(&got, Some((200, b)) if b.contains("# TYPE calendar_sync_streaming "));
-        if let Some((_, b)) = got {
-            body = b;
-        }
-        async move { ok }
+    let (scraped, body) = wait_metrics(port, Duration::from_secs(30), |b| {
+        b.contains("# TYPE calendar_sync_streaming ")
     })
     .await;
     let (code, _) = sigterm_and_wait(&mut child).await;

@@ -101,7 +101,7 @@ async fn a_crm_transaction_carrying_the_marker_first_is_still_applied() {
     db.migrate().await;
     let log = std::env::temp_dir().join(format!("calendar-sync-forged-{}.log", db.name));
     let stderr = std::fs::File::create(&log).expect("log file");
-    let mut child = crate::process::spawn_run(&db, &[], Stdio::from(stderr));
+    let mut child = spawn_run(&db, &[], Stdio::from(stderr));
     wait_streaming(&db).await;
     let archived = db.insert("Archived by a forger", "now()", "").await;
     let deleted = db.insert("Deleted by a forger", "now()", "").await;

@@ -2,9 +2,10 @@
 //! wal_level, replication rights): the consumer stops with a message that
 //! names the problem and a hint that says what to do, never retrying forever.
 
+use std::process::Stdio;
 use std::time::Duration;
 
-use crate::recovery::*;
+use crate::recovery::{crm_on, private_cluster, remove_cluster};
 use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,18 +21,7 @@ async fn a_dropped_slot_is_fatal_names_the_slot_and_says_how_to_start_over() {
     )
     .await;
     run.stop().await.expect("clean stop");
-    db.wait_count(
-        &format!(
-            "select count(*) from pg_replication_slots where slot_name = '{}' and not active",
-            db.name
-        ),
-        1,
-    )
-    .await;
-    db.client
-        .execute("select pg_drop_replication_slot($1)", &[&db.name])
-        .await
-        .expect("drop slot");
+    db.drop_slot_once_released().await;
 
     // In-process: a fatal error, not an endless retry.
     let mut run = Running::start(db.config());
@@ -44,7 +34,8 @@ async fn a_dropped_slot_is_fatal_names_the_slot_and_says_how_to_start_over() {
     assert!(hint.contains(&recipe), "says how to start over: {hint}");
 
     // The real binary: non-zero, the slot in stderr, within 20 s.
-    let (code, stderr) = exit_of(spawn_run(&db), Duration::from_secs(20)).await;
+    let (code, stderr) =
+        exit_of(spawn_run(&db, &[], Stdio::piped()), Duration::from_secs(20)).await;
     assert!(code.is_some_and(|c| c != 0), "exit code {code:?}: {stderr}");
     assert!(
         stderr.contains(&format!("replication slot {}", db.name)) && stderr.contains(&recipe),
@@ -85,7 +76,8 @@ async fn a_missing_publication_stops_the_binary_quickly_with_a_hint_to_migrate()
         .batch_execute(&format!("drop publication {}", db.name))
         .await
         .expect("drop publication");
-    let (code, stderr) = exit_of(spawn_run(&db), Duration::from_secs(10)).await;
+    let (code, stderr) =
+        exit_of(spawn_run(&db, &[], Stdio::piped()), Duration::from_secs(10)).await;
     assert!(code.is_some_and(|c| c != 0), "exit code {code:?}: {stderr}");
     assert!(
         stderr.contains(&format!("publication {}", db.name)),

@@ -1,11 +1,9 @@
 //! Idle slots follow the server's WAL, SIGTERM mid-transaction, and the HTTP
 //! surface of the real binary.
 
-use std::io::{Read, Write};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::process::spawn_run;
 use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,25 +39,6 @@ async fn other_databases_traffic_never_makes_the_idle_slot_hold_wal() {
 
 fn spawn(db: &TestDb, extra: &[(&str, String)]) -> std::process::Child {
     spawn_run(db, extra, Stdio::null())
-}
-
-pub(crate) async fn sigterm_and_wait(child: &mut std::process::Child) -> (Option<i32>, Duration) {
-    let sent = Instant::now();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            return (s.code(), sent.elapsed());
-        }
-        assert!(
-            sent.elapsed() < Duration::from_secs(15),
-            "no exit within 15 s of SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,47 +85,22 @@ async fn sigterm_in_the_middle_of_a_large_transaction_exits_zero_and_loses_nothi
     assert_eq!(code, Some(0));
 }
 
-pub(crate) fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let code = out.split_whitespace().nth(1)?.parse().ok()?;
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((code, body))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_serves_healthz_readyz_and_metrics() {
     let db = TestDb::crm().await;
     db.migrate().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = free_port();
     let mut child = spawn(
         &db,
         &[("CALENDAR_SYNC_HTTP_ADDR", format!("127.0.0.1:{port}"))],
     );
-    let ready = wait_until(Duration::from_secs(30), || async {
-        http_get(port, "/readyz").is_some_and(|(c, _)| c == 200)
-    })
-    .await;
-    assert!(ready, "/readyz never became 200");
+    wait_ready(port).await;
     assert_eq!(http_get(port, "/healthz").map(|(c, _)| c), Some(200));
     db.insert("Scraped", "now()", "").await;
     db.wait_count("select count(*) from calendar_events", 1)
         .await;
-    let scraped = wait_until(Duration::from_secs(10), || async {
-        http_get(port, "/metrics").is_some_and(|(c, body)| {
-            c == 200
-                && body
-                    .contains("calendar_sync_actions_total{action=\"create\",status=\"success\"} 1")
-        })
+    let (scraped, _) = wait_metrics(port, Duration::from_secs(10), |body| {
+        body.contains("calendar_sync_actions_total{action=\"create\",status=\"success\"} 1")
     })
     .await;
     assert!(scraped, "create not counted in /metrics");

@@ -2,58 +2,10 @@
 //! `/healthz`, the `healthcheck` subcommand, libpq environment variables, and
 //! a password that never shows.
 
-use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
-use crate::process::{binary, spawn_run};
 use crate::support::*;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let code = out.split_whitespace().nth(1)?.parse().ok()?;
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((code, body))
-}
-
-/// SIGTERM, then the exit code (within 15 s).
-fn stop(child: &mut Child) -> Option<i32> {
-    signal("TERM", child.id());
-    let sent = Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            return s.code();
-        }
-        assert!(
-            sent.elapsed() < Duration::from_secs(15),
-            "no exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn signal(sig: &str, pid: u32) {
-    let ok = Command::new("kill")
-        .args([format!("-{sig}"), pid.to_string()])
-        .status()
-        .expect("kill")
-        .success();
-    assert!(ok, "kill -{sig} {pid}");
-}
 
 fn healthcheck(addr: &str) -> (Option<i32>, String) {
     let out = binary()
@@ -71,18 +23,6 @@ fn healthcheck(addr: &str) -> (Option<i32>, String) {
     )
 }
 
-async fn wait_ready(port: u16) {
-    let ready = wait_until(Duration::from_secs(30), || async {
-        http_get(port, "/readyz").is_some_and(|(c, _)| c == 200)
-    })
-    .await;
-    assert!(
-        ready,
-        "/readyz never became 200: {:?}",
-        http_get(port, "/readyz")
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_are_one_object_per_line_and_carry_the_fatal_error_and_hint() {
     let db = TestDb::crm().await;
@@ -90,14 +30,8 @@ async fn json_logs_are_one_object_per_line_and_carry_the_fatal_error_and_hint() 
     let json = [("CALENDAR_SYNC_LOG_FORMAT", "json".to_string())];
     let mut child = spawn_run(&db, &json, Stdio::piped());
     wait_streaming(&db).await;
-    assert_eq!(stop(&mut child), Some(0));
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .expect("piped")
-        .read_to_string(&mut stderr)
-        .expect("read stderr");
+    assert_eq!(sigterm_and_wait(&mut child).await.0, Some(0));
+    let stderr = stderr_of(&mut child);
     let mut messages = Vec::new();
     for line in stderr.lines() {
         let v: serde_json::Value = serde_json::from_str(line)
@@ -115,18 +49,7 @@ async fn json_logs_are_one_object_per_line_and_carry_the_fatal_error_and_hint() 
     assert!(messages.iter().any(|m| m == "streaming"), "{stderr}");
 
     // A fatal error: progress says streaming, but the slot is gone.
-    db.wait_count(
-        &format!(
-            "select count(*) from pg_replication_slots where slot_name = '{}' and not active",
-            db.name
-        ),
-        1,
-    )
-    .await;
-    db.client
-        .execute("select pg_drop_replication_slot($1)", &[&db.name])
-        .await
-        .expect("drop slot");
+    db.drop_slot_once_released().await;
     let out = spawn_run(&db, &json, Stdio::piped())
         .wait_with_output()
         .expect("run");
@@ -186,7 +109,7 @@ async fn phase_and_snapshot_rows_are_on_metrics_and_healthcheck_answers_0_then_1
     );
     let (code, out) = healthcheck(&addr);
     assert_eq!(code, Some(0), "{out}");
-    assert_eq!(stop(&mut child), Some(0));
+    assert_eq!(sigterm_and_wait(&mut child).await.0, Some(0));
 }
 
 /// Sends SIGCONT to the walsender when dropped (a failing assertion must not
@@ -249,7 +172,7 @@ async fn a_silent_server_fails_liveness_and_recovers() {
     })
     .await;
     assert!(healthy, "/healthz stayed {:?}", http_get(port, "/healthz"));
-    assert_eq!(stop(&mut child), Some(0));
+    assert_eq!(sigterm_and_wait(&mut child).await.0, Some(0));
 }
 
 /// The libpq variables connect every command when DATABASE_URL is unset; a
@@ -305,13 +228,8 @@ async fn libpq_variables_connect_and_the_password_never_shows() {
         pg(&["status", "--json"], &port).output().expect("status"),
         true,
     );
-    assert_eq!(stop(&mut run), Some(0));
-    let mut run_log = String::new();
-    run.stderr
-        .take()
-        .expect("piped")
-        .read_to_string(&mut run_log)
-        .expect("read");
+    assert_eq!(sigterm_and_wait(&mut run).await.0, Some(0));
+    let run_log = stderr_of(&mut run);
     assert!(run_log.contains("streaming"), "{run_log}");
     outputs.borrow_mut().push(("run".into(), run_log));
     let bad = free_port().to_string();
@@ -326,7 +244,7 @@ async fn libpq_variables_connect_and_the_password_never_shows() {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Connection refused"))
     })
     .await;
-    assert_eq!(stop(&mut run), Some(0));
+    assert_eq!(sigterm_and_wait(&mut run).await.0, Some(0));
     let run_log = std::fs::read_to_string(&log).expect("log");
     let _ = std::fs::remove_file(&log);
     assert!(retried, "{run_log}");

@@ -1,31 +1,9 @@
 //! The real binary: migrate is idempotent, run stops cleanly on SIGTERM.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use crate::support::*;
-
-/// `calendar-sync run` for `db` (its slot and publication), with extra
-/// environment; stdout discarded, stderr as given.
-pub fn spawn_run(db: &TestDb, extra: &[(&str, String)], stderr: Stdio) -> std::process::Child {
-    let mut c = binary();
-    c.args(["run"])
-        .env("DATABASE_URL", &db.url)
-        .env("CALENDAR_SYNC_SLOT", &db.name)
-        .env("CALENDAR_SYNC_PUBLICATION", &db.name)
-        .stdout(Stdio::null())
-        .stderr(stderr);
-    for (k, v) in extra {
-        c.env(k, v);
-    }
-    c.spawn().expect("spawn calendar-sync run")
-}
-
-pub fn binary() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_calendar-sync"));
-    c.env_remove("TARGET_DATABASE_URL").env("RUST_LOG", "info");
-    c
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_is_idempotent() {
@@ -71,16 +49,8 @@ async fn migrate_is_idempotent() {
 async fn run_streams_and_exits_zero_on_sigterm_after_a_final_status_update() {
     let db = TestDb::crm().await;
     db.migrate().await;
-    let mut child = binary()
-        .args(["run"])
-        .env("DATABASE_URL", &db.url)
-        .env("CALENDAR_SYNC_SLOT", &db.name)
-        .env("CALENDAR_SYNC_PUBLICATION", &db.name)
-        .env("CALENDAR_SYNC_STATUS_INTERVAL_SECS", "30")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn run");
+    let interval = [("CALENDAR_SYNC_STATUS_INTERVAL_SECS", "30".to_string())];
+    let mut child = spawn_run(&db, &interval, Stdio::null());
     wait_streaming(&db).await;
     let id = db.insert("Via the binary", "now()", "").await;
     db.wait_count(
@@ -88,24 +58,8 @@ async fn run_streams_and_exits_zero_on_sigterm_after_a_final_status_update() {
         1,
     )
     .await;
-    let sent = Instant::now();
-    // SAFETY-free: kill(1) sends SIGTERM.
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let code = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            sent.elapsed() < Duration::from_secs(10),
-            "did not exit within 10 s of SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(code.code(), Some(0));
+    let (code, _) = sigterm_within(&mut child, Duration::from_secs(10)).await;
+    assert_eq!(code, Some(0));
     // The status interval is 30 s, so only the final status update can have
     // moved the slot to the applied transaction. The walsender reads that
     // update after the process is gone, on its own time (under load it was
@@ -129,17 +83,11 @@ async fn run_streams_and_exits_zero_on_sigterm_after_a_final_status_update() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reports_slot_progress_lag_and_pending_failures_as_json() {
-    let db = TestDb::crm().await;
-    db.migrate().await;
-    let run = Running::start(db.config());
-    wait_streaming(&db).await;
+    let (db, run) = started().await;
     db.insert("Status", "now()", "").await;
     db.barrier().await;
-    let out = binary()
+    let out = binary_for(&db)
         .args(["status", "--json"])
-        .env("DATABASE_URL", &db.url)
-        .env("CALENDAR_SYNC_SLOT", &db.name)
-        .env("CALENDAR_SYNC_PUBLICATION", &db.name)
         .output()
         .expect("run status");
     assert!(

@@ -7,18 +7,12 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use crate::process::binary;
-use crate::recovery::{exit_of, fatal_of};
 use crate::support::*;
 
 /// `calendar-sync reconcile` for `db` with `args`: exit code, stdout, stderr.
 fn reconcile_cmd(db: &TestDb, args: &[&str]) -> Command {
-    let mut c = binary();
-    c.arg("reconcile")
-        .args(args)
-        .env("DATABASE_URL", &db.url)
-        .env("CALENDAR_SYNC_SLOT", &db.name)
-        .env("CALENDAR_SYNC_PUBLICATION", &db.name);
+    let mut c = binary_for(db);
+    c.arg("reconcile").args(args);
     c
 }
 
@@ -344,11 +338,8 @@ async fn run_resync_after_a_dropped_slot_recreates_it_and_removes_events_of_inte
     let (_, hint) = fatal_of(&mut plain, Duration::from_secs(20)).await;
     assert!(hint.contains("run --resync"), "{hint}");
 
-    let child = binary()
+    let child = binary_for(&db)
         .args(["run", "--resync"])
-        .env("DATABASE_URL", &db.url)
-        .env("CALENDAR_SYNC_SLOT", &db.name)
-        .env("CALENDAR_SYNC_PUBLICATION", &db.name)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -1,17 +1,14 @@
 //! Contract §5, transient failures (server restart, terminated sessions, a
 //! slot held by another consumer) are retried and replayed without doubling
-//! anything or writing the failures table. Fatal ones are in `fatal.rs`, which
-//! shares the helpers here.
+//! anything or writing the failures table. Fatal ones are in `fatal.rs`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use calendar_sync::error::SyncError;
 use calendar_sync::mapping::Action;
-use calendar_sync::metrics::{Metrics, Status, RECONNECTS_TOTAL};
+use calendar_sync::metrics::Status;
 use calendar_sync::pgcluster::LocalCluster;
 use tokio::sync::watch;
 use tokio_postgres::{Client, NoTls};
@@ -97,65 +94,6 @@ pub(crate) async fn crm_on(cluster: &LocalCluster, name: &str) -> TestDb {
         url,
         client,
     }
-}
-
-/// `calendar_sync_reconnects_total` of `m`.
-pub(crate) fn reconnects(m: &Metrics) -> u64 {
-    m.render()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(RECONNECTS_TOTAL)
-                .filter(|rest| rest.starts_with(' '))
-                .and_then(|rest| rest.trim().parse::<f64>().ok())
-        })
-        .map_or(0, |v| v as u64)
-}
-
-/// Waits (bounded) for the consumer to end and returns its fatal error.
-pub(crate) async fn fatal_of(run: &mut Running, within: Duration) -> (String, String) {
-    let result = match tokio::time::timeout(within, &mut run.handle).await {
-        Ok(joined) => joined.expect("the consumer task did not panic"),
-        Err(_) => {
-            run.handle.abort();
-            panic!(
-                "the consumer still runs after {within:?}: the error was taken for transient (reconnects: {})",
-                reconnects(&run.metrics)
-            );
-        }
-    };
-    match result {
-        Err(SyncError::Fatal { message, hint }) => (message, hint),
-        other => panic!("expected a fatal error, got {other:?}"),
-    }
-}
-
-/// Spawns `calendar-sync run` for `db` with stderr captured.
-pub(crate) fn spawn_run(db: &TestDb) -> Child {
-    crate::process::spawn_run(db, &[], Stdio::piped())
-}
-
-/// Waits until the binary exits (killing it after `within`): exit code, stderr.
-pub(crate) async fn exit_of(mut child: Child, within: Duration) -> (Option<i32>, String) {
-    let started = Instant::now();
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            break;
-        }
-        if started.elapsed() > within {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("wait");
-            panic!(
-                "calendar-sync run still running after {within:?}; stderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let out = child.wait_with_output().expect("wait");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// What the writer knows it committed.

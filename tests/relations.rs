@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::recovery::{fatal_of, reconnects};
 use crate::support::*;
 
 /// Inserts an interaction dated now into `table` (schema-qualified or not).

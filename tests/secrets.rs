@@ -40,7 +40,7 @@ async fn transient_errors_never_carry_a_failing_row_detail() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unverified_server_is_warned_about_at_start() {
     let db = TestDb::crm().await;
-    let out = crate::process::binary()
+    let out = binary()
         .args(["migrate"])
         .env("DATABASE_URL", &db.url)
         .env("CALENDAR_SYNC_PUBLICATION", &db.name)

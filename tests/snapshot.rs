@@ -205,7 +205,7 @@ async fn a_second_instance_waits_while_the_first_copies_its_snapshot() {
     let second = Running::start(db.config());
     wait_streaming(&db).await;
     let waited = wait_until(Duration::from_secs(20), || async {
-        crate::recovery::reconnects(&second.metrics) >= 1
+        reconnects(&second.metrics) >= 1
     })
     .await;
     assert!(waited, "the second instance did not wait");

@@ -5,16 +5,12 @@ use std::process::Output;
 
 use uuid::Uuid;
 
-use crate::process::binary;
 use crate::support::*;
 
 fn status(db: &TestDb, extra: &[&str]) -> (i32, serde_json::Value, Output) {
-    let out = binary()
+    let out = binary_for(db)
         .args(["status", "--json"])
         .args(extra)
-        .env("DATABASE_URL", &db.url)
-        .env("CALENDAR_SYNC_SLOT", &db.name)
-        .env("CALENDAR_SYNC_PUBLICATION", &db.name)
         .output()
         .expect("run status");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -28,11 +24,8 @@ fn status(db: &TestDb, extra: &[&str]) -> (i32, serde_json::Value, Output) {
 }
 
 fn text_status(db: &TestDb) -> (i32, String) {
-    let out = binary()
+    let out = binary_for(db)
         .args(["status"])
-        .env("DATABASE_URL", &db.url)
-        .env("CALENDAR_SYNC_SLOT", &db.name)
-        .env("CALENDAR_SYNC_PUBLICATION", &db.name)
         .output()
         .expect("run status");
     (
@@ -43,10 +36,7 @@ fn text_status(db: &TestDb) -> (i32, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_of_a_streaming_consumer_is_healthy_with_slot_wal_and_holder() {
-    let db = TestDb::crm().await;
-    db.migrate().await;
-    let run = Running::start(db.config());
-    wait_streaming(&db).await;
+    let (db, run) = started().await;
     db.insert("Status", "now()", "").await;
     db.barrier().await;
     let (code, v, out) = status(&db, &[]);
@@ -160,19 +150,7 @@ async fn a_dropped_slot_or_publication_is_broken() {
     let run = Running::start(db.config());
     wait_streaming(&db).await;
     run.stop().await.expect("clean stop");
-    // The walsender lets go of the slot shortly after the consumer left.
-    db.wait_count(
-        &format!(
-            "select count(*) from pg_replication_slots where slot_name = '{}' and not active",
-            db.name
-        ),
-        1,
-    )
-    .await;
-    db.client
-        .execute("select pg_drop_replication_slot($1)", &[&db.name])
-        .await
-        .expect("drop slot");
+    db.drop_slot_once_released().await;
     let (code, v, _) = status(&db, &[]);
     assert_eq!(code, 2, "{v}");
     assert_eq!(v["health"], "broken", "{v}");
@@ -229,10 +207,7 @@ async fn a_slot_without_progress_is_a_snapshot_in_progress_with_the_estimate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_that_cannot_connect_is_broken() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = free_port();
     let out = binary()
         .args(["status", "--json"])
         .env(

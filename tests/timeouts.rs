@@ -2,13 +2,11 @@
 //! transient error after the configured lock timeout, retried with backoff;
 //! SIGTERM is answered within seconds while a statement waits.
 
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::process::spawn_run;
-use crate::recovery::reconnects;
 use crate::support::*;
 
 /// A CRM session's open transaction that holds the event row of `id`
@@ -58,27 +56,6 @@ pub(crate) async fn consumer_waits_for_a_lock(db: &TestDb) -> bool {
             >= 1
     })
     .await
-}
-
-/// Sends SIGTERM; returns how the process ended, panicking when it is still
-/// running after `within`.
-fn sigterm(child: &mut Child, within: Duration) -> ExitStatus {
-    let sent = Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            return s;
-        }
-        if sent.elapsed() > within {
-            let _ = child.kill();
-            panic!("still running {within:?} after SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Holds the consumer's initial snapshot just before it commits: a CRM
@@ -180,15 +157,18 @@ async fn sigterm_while_waiting_for_a_crm_lock_exits_zero_at_once_and_a_restart_a
     let crm = crm_locks_event(&db, id).await;
     rename(&db, id, "After").await;
     assert!(consumer_waits_for_a_lock(&db).await, "never blocked");
-    let status = sigterm(&mut child, Duration::from_secs(5));
-    assert_eq!(status.code(), Some(0));
+    let (code, _) = sigterm_within(&mut child, Duration::from_secs(5)).await;
+    assert_eq!(code, Some(0));
 
     crm.batch_execute("commit").await.expect("crm commit");
     let mut child = spawn_run(&db, &long_wait, Stdio::null());
     db.wait_count(&events_titled(id, "After"), 1).await;
     db.barrier().await;
     assert_eq!(db.count(&update_log_rows(id)).await, 1, "applied once");
-    assert_eq!(sigterm(&mut child, Duration::from_secs(10)).code(), Some(0));
+    assert_eq!(
+        sigterm_within(&mut child, Duration::from_secs(10)).await.0,
+        Some(0)
+    );
 }
 
 /// SIGTERM while the initial snapshot waits (here: its final write, behind a
@@ -206,8 +186,8 @@ async fn sigterm_during_the_initial_snapshot_exits_zero_at_once() {
     })
     .await;
     let mut child = child.expect("started");
-    let status = sigterm(&mut child, Duration::from_secs(5));
-    assert_eq!(status.code(), Some(0));
+    let (code, _) = sigterm_within(&mut child, Duration::from_secs(5)).await;
+    assert_eq!(code, Some(0));
     progress_lock
         .batch_execute("commit")
         .await
@@ -222,5 +202,8 @@ async fn sigterm_during_the_initial_snapshot_exits_zero_at_once() {
         1,
         "the interrupted snapshot left nothing; the second wrote its event once"
     );
-    assert_eq!(sigterm(&mut child, Duration::from_secs(10)).code(), Some(0));
+    assert_eq!(
+        sigterm_within(&mut child, Duration::from_secs(10)).await.0,
+        Some(0)
+    );
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use calendar_sync::config::Config;
 
-use crate::recovery::{fatal_of, private_cluster, remove_cluster};
+use crate::recovery::{private_cluster, remove_cluster};
 use crate::support::*;
 
 fn verify_full(port: u16, db: &str, ca: &std::path::Path) -> String {

@@ -44,6 +44,7 @@
 //! its id is in that table (`stream::echo`): any role may emit the message, but
 //! only calendar-sync's may write the table.
 
+pub(crate) mod apply_batch;
 mod current;
 pub(crate) mod event;
 mod party;

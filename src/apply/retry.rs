@@ -11,14 +11,12 @@
 //! stream is refused by the regression guard instead of walking the event back
 //! (issue 9, point 7).
 
-use std::collections::HashSet;
-
 use chrono::Utc;
 use tokio_postgres::types::PgLsn;
 use uuid::Uuid;
 
+use super::apply_batch::CurrentState;
 use super::current::Current;
-use super::plan::RowChange;
 use super::{db, BatchKind, Writer};
 use crate::config::Config;
 use crate::error::SyncError;
@@ -45,36 +43,15 @@ impl Writer {
         }
         let rows = self.read_current(&due, participants, false).await?;
         let now = Utc::now();
-        self.begin(BatchKind::Retry);
-        let result = async {
-            let mut seen = HashSet::new();
-            let mut read_at = rows.iter().map(|c| c.read_at).max().unwrap_or(Lsn::ZERO);
-            if read_at == Lsn::ZERO {
-                read_at = self.source_wal_position().await?;
-            }
-            for c in rows {
-                seen.insert(c.id);
-                self.push_current(Current { read_at, ..c }, now).await?;
-            }
-            // Gone from the source: handled as a delete.
-            for id in &due {
-                if !seen.contains(id) {
-                    self.push_row(RowChange {
-                        lsn: read_at,
-                        ts: now,
-                        id: *id,
-                        row: None,
-                    })
-                    .await?;
-                }
-            }
-            self.commit().await
+        let mut read_at = rows.iter().map(|c| c.read_at).max().unwrap_or(Lsn::ZERO);
+        if read_at == Lsn::ZERO {
+            read_at = self.source_wal_position().await?;
         }
-        .await;
-        if let Err(e) = result {
-            self.rollback().await;
-            return Err(e);
-        }
+        let rows = rows.into_iter().map(|c| Current { read_at, ..c }).collect();
+        // Gone from the source: handled as a delete.
+        let changes = CurrentState::of(&due, rows);
+        self.apply_batch(BatchKind::Retry, changes, Some(read_at), now)
+            .await?;
         tracing::info!(retried = due.len(), "retried due failures");
         Ok(due.len())
     }

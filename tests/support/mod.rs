@@ -2,8 +2,19 @@
 //! started on first use, removed when the binary exits), one fresh database and
 //! slot per test, the consumer run in-process or as the real binary, and
 //! condition waits with timeouts (never bare sleeps).
+//!
+//! - this module: the test cluster, [`TestDb`], waits, the in-process
+//!   consumer ([`Running`]) and what it reports;
+//! - `binary`: the real binary (spawned with env, signals, bounded exits);
+//! - `http`: its HTTP surface (free port, GET, readiness, `/metrics`).
 
 #![allow(dead_code)]
+
+mod binary;
+mod http;
+
+pub use binary::*;
+pub use http::*;
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -11,7 +22,8 @@ use std::time::Duration;
 
 use calendar_sync::config::{Config, SecretUrl};
 use calendar_sync::demo::CRM_SCHEMA;
-use calendar_sync::metrics::Metrics;
+use calendar_sync::error::SyncError;
+use calendar_sync::metrics::{Metrics, RECONNECTS_TOTAL};
 use calendar_sync::pgcluster::LocalCluster;
 use calendar_sync::{db, migrate, stream};
 use tokio::sync::watch;
@@ -215,6 +227,23 @@ impl TestDb {
     pub async fn barrier(&self) {
         self.barrier_in(&self.client).await;
     }
+
+    /// Drops this test's slot once the walsender has let go of it (shortly
+    /// after the consumer left).
+    pub async fn drop_slot_once_released(&self) {
+        self.wait_count(
+            &format!(
+                "select count(*) from pg_replication_slots where slot_name = '{}' and not active",
+                self.name
+            ),
+            1,
+        )
+        .await;
+        self.client
+            .execute("select pg_drop_replication_slot($1)", &[&self.name])
+            .await
+            .expect("drop slot");
+    }
 }
 
 fn extra_cols(extra: &str) -> String {
@@ -293,6 +322,37 @@ impl Running {
     /// Like kill -9 for the in-process consumer: no rollback, no final status.
     pub fn kill(self) {
         self.handle.abort();
+    }
+}
+
+/// `calendar_sync_reconnects_total` of `m`.
+pub fn reconnects(m: &Metrics) -> u64 {
+    m.render()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(RECONNECTS_TOTAL)
+                .filter(|rest| rest.starts_with(' '))
+                .and_then(|rest| rest.trim().parse::<f64>().ok())
+        })
+        .map_or(0, |v| v as u64)
+}
+
+/// Waits (bounded) for the in-process consumer to end and returns its fatal
+/// error: message and hint.
+pub async fn fatal_of(run: &mut Running, within: Duration) -> (String, String) {
+    let result = match tokio::time::timeout(within, &mut run.handle).await {
+        Ok(joined) => joined.expect("the consumer task did not panic"),
+        Err(_) => {
+            run.handle.abort();
+            panic!(
+                "the consumer still runs after {within:?}: the error was taken for transient (reconnects: {})",
+                reconnects(&run.metrics)
+            );
+        }
+    };
+    match result {
+        Err(SyncError::Fatal { message, hint }) => (message, hint),
+        other => panic!("expected a fatal error, got {other:?}"),
     }
 }
 
