@@ -37,6 +37,76 @@ async fn other_databases_traffic_never_makes_the_idle_slot_hold_wal() {
     run.stop().await.expect("clean stop");
 }
 
+/// `calendar_sync_replication_lag_bytes` of `m` (0 before the first tick).
+fn lag_bytes(m: &calendar_sync::metrics::Metrics) -> u64 {
+    m.render()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(calendar_sync::metrics::REPLICATION_LAG_BYTES)
+                .filter(|rest| rest.starts_with(' '))
+                .and_then(|rest| rest.trim().parse::<f64>().ok())
+        })
+        .map_or(0, |v| v as u64)
+}
+
+/// The highest lag in bytes `m` shows while the consumer starts, streams and
+/// passes two ticks (the gauge is refreshed every 2 s).
+async fn peak_lag_while_starting(db: &TestDb, m: &calendar_sync::metrics::Metrics) -> u64 {
+    let mut peak = 0;
+    let mut streaming_since = None;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        peak = peak.max(lag_bytes(m));
+        if streaming_since.is_none()
+            && db
+                .count(&format!(
+                    "select count(*) from pg_replication_slots where slot_name = '{}' and active",
+                    db.name
+                ))
+                .await
+                == 1
+        {
+            streaming_since = Some(std::time::Instant::now());
+        }
+        if streaming_since.is_some_and(|t| t.elapsed() > Duration::from_secs(5)) {
+            return peak;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the consumer was not streaming within 60 s");
+}
+
+/// The lag gauge counts from the position the server already has: before the
+/// first acknowledgement it counted from 0/0 and showed the server's whole WAL
+/// position (tens of MB on a test cluster, hundreds of GB on a long-lived
+/// RDS instance) for the first seconds after every start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lag_gauge_never_counts_from_zero_after_a_start() {
+    let db = TestDb::crm().await;
+    db.migrate().await;
+    let wal: i64 = db
+        .client
+        .query_one("select (pg_current_wal_lsn() - '0/0')::bigint", &[])
+        .await
+        .expect("wal position")
+        .get(0);
+    const BOUND: u64 = 8 << 20;
+    assert!(
+        wal as u64 > 2 * BOUND,
+        "the test needs a WAL position over 16 MiB, got {wal}"
+    );
+    let run = Running::start(db.config());
+    let first = peak_lag_while_starting(&db, &run.metrics).await;
+    run.stop().await.expect("clean stop");
+    let run = Running::start(db.config());
+    let again = peak_lag_while_starting(&db, &run.metrics).await;
+    run.stop().await.expect("clean stop");
+    assert!(
+        first < BOUND && again < BOUND,
+        "lag bytes peaked at {first} (new slot) and {again} (restart) on an idle CRM; the WAL position is {wal}"
+    );
+}
+
 fn spawn(db: &TestDb, extra: &[(&str, String)]) -> std::process::Child {
     spawn_run(db, extra, Stdio::null())
 }

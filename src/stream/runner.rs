@@ -135,6 +135,7 @@ async fn session(
         (stored, slot)
     };
     let plan = client::plan(&cfg.slot, stored, slot.as_ref())?;
+    let server_has = slot.as_ref().and_then(|s| s.confirmed_flush);
     let mut writer = Writer::new(cfg, target, lookups, metrics.clone()).await?;
     let echo = EchoCheck::prepare(&source).await?;
 
@@ -183,6 +184,9 @@ async fn session(
         progress,
         acked: Lsn::ZERO,
         ackable: Lsn::ZERO,
+        // The lag counts from what the server already has (resume) or from
+        // the snapshot's consistent point, not from 0/0 until the first ack.
+        lag_base: server_has.map_or(progress, |c| c.max(progress)),
         released_at: std::time::Instant::now(),
         framer: Framer::new(),
         relations: RelationCache::new(cfg.participants.clone(), tracked),
@@ -256,6 +260,8 @@ struct Streamer<'a> {
     acked: Lsn,
     /// Highest LSN that may be reported, once the publication is checked.
     ackable: Lsn,
+    /// Where the lag gauge counts from until `acked` passes it.
+    lag_base: Lsn,
     /// When `release_acks` last ran its publication check.
     released_at: std::time::Instant,
     framer: Framer,
@@ -384,7 +390,7 @@ impl Streamer<'_> {
         self.metrics
             .set_pending_failures(self.writer.pending_failures().await?);
         let wal_end = Lsn::from(self.repl.metrics().last_wal_end());
-        let behind = wal_end.0.saturating_sub(self.acked.0);
+        let behind = wal_end.0.saturating_sub(self.acked.max(self.lag_base).0);
         let seconds = match (behind, self.last_commit_ts) {
             (0, _) | (_, None) => 0.0,
             (_, Some(ts)) => (Utc::now() - ts).num_milliseconds().max(0) as f64 / 1000.0,
