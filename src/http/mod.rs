@@ -1,43 +1,73 @@
-//! A tiny HTTP/1.1 server for `/healthz`, `/readyz` and `/metrics`.
+//! The HTTP/1.1 endpoint for `/healthz`, `/readyz` and `/metrics`, on hyper.
 //!
 //! `/healthz` (liveness) is 503 while streaming with no message from the
 //! server for longer than the liveness limit; `/readyz` is 200 only while
 //! streaming, and otherwise names the phase in its body (e.g. "snapshot in
-//! progress"). See [`crate::metrics`].
+//! progress"). See [`crate::metrics`]. `GET` and `HEAD` only (else 405 with
+//! `Allow`); an unknown path is 404; a request hyper cannot parse, or whose
+//! target is not a path (`*`, `host:port`, `http://…`), is 400.
 //!
-//! Why hand-rolled: the process exposes exactly three `GET` endpoints, for
-//! the ECS health checks and for Prometheus scraping. That needs no router,
-//! no keep-alive, no bodies and no HTTP crate. The server reads the request
-//! head (5 s timeout, 8 KiB cap), looks only at the request line, answers
-//! with `Content-Length` and `Connection: close`, and closes. Headers are
-//! never parsed, which keeps the attack surface tiny.
+//! hyper parses and writes HTTP; what is ours is the routing ([`respond`])
+//! and what one client may hold, because the listener is reachable by
+//! whatever can reach the task ([`Limits`]):
+//! - at most [`MAX_CONNECTIONS`] connections are served at once. Beyond
+//!   that the server stops accepting, so a new connection waits in the
+//!   kernel's listen backlog until a slot frees, and is then served with the
+//!   request it sent meanwhile. Waiting rather than refusing: the ECS health
+//!   check may be one of those connections, and a refused check is a failed
+//!   one (3 in a row restart the task), while a slot held by an idle client
+//!   frees within [`HEAD_TIMEOUT`] (3 s, under the check's 5 s) and any slot
+//!   within [`CONNECTION_TIMEOUT`], whatever its client does. The backlog
+//!   holds 128 (tokio's `bind` asks for what std does); beyond that Linux
+//!   drops the connection attempt and the client retries its SYN;
+//! - one request per connection, answered with `Connection: close` as
+//!   before: the clients (Prometheus every 15 s or more, the `healthcheck`
+//!   subcommand) gain nothing from keep-alive, and a kept-alive idle
+//!   connection would hold a slot between requests;
+//! - the request head must arrive within [`HEAD_TIMEOUT`] of the connection
+//!   being accepted (hyper's `header_read_timeout`, a total, not per read),
+//!   and be at most [`MAX_HEAD`] bytes (larger: hyper answers 431);
+//! - the whole connection, head read and response write, is dropped after
+//!   [`CONNECTION_TIMEOUT`] (hyper has no write timeout: this is the bound
+//!   on a client that does not read its answer).
 //!
-//! Each connection runs in its own task, kept in a [`JoinSet`]; a failing
-//! connection is logged at debug and never stops the server. On shutdown the
-//! listener is dropped and every connection still open is aborted.
+//! Each connection runs in its own task, kept in a [`JoinSet`] whose size is
+//! the slot count; a failing connection is logged at debug and never stops
+//! the server. On shutdown the listener is dropped and every connection
+//! still open is aborted (an answer cut short is one scrape or health check
+//! lost while the process is stopping anyway).
 
+use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio::time::timeout;
 
 use crate::metrics::Metrics;
 
-/// Longest the client may take to send the request head (and to take the
-/// response).
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest accepted request head, request line and headers included.
+/// Connections served at once; the next waits in the listen backlog.
+const MAX_CONNECTIONS: usize = 64;
+/// Longest the client may take, from being accepted, to send the request
+/// head. Shorter than the ECS health check's 5 s timeout
+/// (deploy/ecs-task-definition.json), so a check waiting behind a full cap
+/// of idle connections is still answered in time.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest a connection lives: the head within [`HEAD_TIMEOUT`], then at
+/// least 5 s to take the response.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(8);
+/// Largest accepted request head, request line and headers included
+/// (hyper's read buffer; 8 KiB is also its smallest).
 const MAX_HEAD: usize = 8 * 1024;
-/// After responding, read (and discard) what the client still sends for at
-/// most this long / this much, so closing doesn't reset the connection
-/// before the client has read the response.
-const LINGER: Duration = Duration::from_secs(1);
-const MAX_LINGER_BYTES: usize = 64 * 1024;
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop
 /// doesn't spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
@@ -58,15 +88,39 @@ pub async fn serve(
     metrics: Metrics,
     shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
-    serve_with(listener, metrics, shutdown, IO_TIMEOUT).await
+    serve_with(listener, metrics, shutdown, Limits::DEFAULT).await
+}
+
+/// What one client may hold; the module doc says why these.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    /// Connections served at once.
+    connections: usize,
+    /// From accept to the end of the request head.
+    head: Duration,
+    /// From accept to the last byte of the response.
+    connection: Duration,
+}
+
+impl Limits {
+    const DEFAULT: Limits = Limits {
+        connections: MAX_CONNECTIONS,
+        head: HEAD_TIMEOUT,
+        connection: CONNECTION_TIMEOUT,
+    };
 }
 
 async fn serve_with(
     listener: TcpListener,
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
-    io_timeout: Duration,
+    limits: Limits,
 ) -> io::Result<()> {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.head)
+        .keep_alive(false)
+        .max_buf_size(MAX_HEAD);
     let mut connections = JoinSet::new();
     if !*shutdown.borrow_and_update() {
         loop {
@@ -77,6 +131,7 @@ async fn serve_with(
                         break;
                     }
                 }
+                // Reaped before accepting, so `len` counts live connections.
                 Some(joined) = connections.join_next(), if !connections.is_empty() => {
                     if let Err(e) = joined {
                         if e.is_panic() {
@@ -84,20 +139,22 @@ async fn serve_with(
                         }
                     }
                 }
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let metrics = metrics.clone();
-                        connections.spawn(async move {
-                            if let Err(e) = handle(stream, &metrics, io_timeout).await {
-                                tracing::debug!(%peer, error = %e, "http connection failed");
-                            }
-                        });
+                accepted = listener.accept(), if connections.len() < limits.connections => {
+                    match accepted {
+                        Ok((stream, peer)) => {
+                            let conn = connection(stream, &http, metrics.clone(), limits.connection);
+                            connections.spawn(async move {
+                                if let Err(e) = conn.await {
+                                    tracing::debug!(%peer, error = %e, "http connection failed");
+                                }
+                            });
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "http accept failed");
+                            tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                        }
                     }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "http accept failed");
-                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                    }
-                },
+                }
             }
         }
     }
@@ -108,160 +165,68 @@ async fn serve_with(
     Ok(())
 }
 
-/// Outcome of reading a request head.
-#[derive(Debug, PartialEq, Eq)]
-enum Head {
-    /// Everything up to and including the blank line.
-    Complete(Vec<u8>),
-    /// `MAX_HEAD` bytes without the blank line.
-    TooLarge,
-    /// The client closed before the head was complete.
-    Closed,
-}
-
-async fn handle(mut stream: TcpStream, metrics: &Metrics, io_timeout: Duration) -> io::Result<()> {
-    let timed_out =
-        |what: &str| io::Error::new(io::ErrorKind::TimedOut, format!("{what} timed out"));
-    let head = match timeout(io_timeout, read_head(&mut stream)).await {
-        Err(_) => return Err(timed_out("reading the request head")),
-        Ok(Err(e)) => return Err(e),
-        Ok(Ok(Head::TooLarge)) => return Err(io::Error::other("request head too large")),
-        Ok(Ok(Head::Closed)) => return Ok(()),
-        Ok(Ok(Head::Complete(head))) => head,
-    };
-    let response = respond(&head, metrics);
-    timeout(io_timeout, async {
-        stream.write_all(&response).await?;
-        stream.shutdown().await
-    })
-    .await
-    .map_err(|_| timed_out("writing the response"))??;
-    linger(&mut stream).await;
-    Ok(())
-}
-
-async fn read_head(stream: &mut TcpStream) -> io::Result<Head> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while buf.len() < MAX_HEAD {
-        let room = (MAX_HEAD - buf.len()).min(chunk.len());
-        let n = stream.read(&mut chunk[..room]).await?;
-        if n == 0 {
-            return Ok(Head::Closed);
-        }
-        // The terminator may straddle two reads.
-        let scan_from = buf.len().saturating_sub(3);
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = head_end(&buf[scan_from..]) {
-            buf.truncate(scan_from + end);
-            return Ok(Head::Complete(buf));
+/// Serves one connection (one request), for at most `limit`.
+fn connection(
+    stream: TcpStream,
+    http: &http1::Builder,
+    metrics: Metrics,
+    limit: Duration,
+) -> impl std::future::Future<Output = io::Result<()>> {
+    let service = service_fn(move |req| {
+        let response = respond(&req, &metrics);
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let conn = http.serve_connection(TokioIo::new(stream), service);
+    async move {
+        match tokio::time::timeout(limit, conn).await {
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connection open longer than {limit:?}: closed"),
+            )),
+            Ok(result) => result.map_err(io::Error::other),
         }
     }
-    Ok(Head::TooLarge)
 }
 
-/// Index just past the blank line ending a head (`\r\n\r\n`, leniently
-/// also `\n\n`).
-fn head_end(buf: &[u8]) -> Option<usize> {
-    buf.iter().enumerate().find_map(|(i, &b)| {
-        if b != b'\n' {
-            return None;
-        }
-        match &buf[i + 1..] {
-            [b'\n', ..] => Some(i + 2),
-            [b'\r', b'\n', ..] => Some(i + 3),
-            _ => None,
-        }
-    })
-}
-
-/// Drains what the client still sends (a body we ignore, say), bounded, so
-/// closing with unread data doesn't reset the connection under the response.
-async fn linger(stream: &mut TcpStream) {
-    let _ = timeout(LINGER, async {
-        let mut sink = [0u8; 1024];
-        let mut total = 0;
-        while total < MAX_LINGER_BYTES {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => total += n,
-            }
-        }
-    })
-    .await;
-}
-
-#[derive(Debug, PartialEq, Eq)]
-struct RequestLine<'a> {
-    method: &'a str,
-    path: &'a str,
-}
-
-/// Parses `METHOD SP target SP HTTP/1.x`; `None` when malformed.
-fn parse_request_line(head: &[u8]) -> Option<RequestLine<'_>> {
-    let line = head.split(|&b| b == b'\n').next()?;
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let line = std::str::from_utf8(line).ok()?;
-    let mut parts = line.split(' ');
-    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some()
-        || method.is_empty()
-        || !method.bytes().all(is_token_byte)
-        || !target.starts_with('/')
-        || !target.bytes().all(|b| b.is_ascii_graphic())
-        || !matches!(version, "HTTP/1.0" | "HTTP/1.1")
-    {
-        return None;
-    }
-    let path = target.split_once('?').map_or(target, |(path, _)| path);
-    Some(RequestLine { method, path })
-}
-
-/// `tchar` of RFC 9110.
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-/// The full response: status line, headers and, except for HEAD, body.
-fn respond(head: &[u8], metrics: &Metrics) -> Vec<u8> {
-    let req = parse_request_line(head);
-    let with_body = req.as_ref().is_none_or(|r| r.method != "HEAD");
+/// The answer to `req`; hyper adds `Content-Length`, `Connection: close`
+/// and `Date`, and leaves the body out for `HEAD`.
+fn respond<B>(req: &Request<B>, metrics: &Metrics) -> Response<Full<Bytes>> {
     let mut content_type = TEXT_CONTENT_TYPE;
-    let (status, body) = match req {
-        None => ("400 Bad Request", "bad request\n".to_owned()),
-        Some(r) if !matches!(r.method, "GET" | "HEAD") => {
-            ("405 Method Not Allowed", "method not allowed\n".to_owned())
-        }
-        Some(r) => match r.path {
+    // Only origin-form targets (`/path?query`) name a route.
+    let origin_form = req.uri().scheme().is_none()
+        && req.uri().authority().is_none()
+        && req.uri().path().starts_with('/');
+    let (status, body) = if !origin_form {
+        (StatusCode::BAD_REQUEST, "bad request\n".to_owned())
+    } else if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed\n".to_owned(),
+        )
+    } else {
+        match req.uri().path() {
             "/healthz" => match metrics.is_live() {
-                Ok(()) => ("200 OK", "ok\n".to_owned()),
-                Err(reason) => ("503 Service Unavailable", format!("{reason}\n")),
+                Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
+                Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
             },
             "/readyz" => match metrics.is_ready() {
-                Ok(()) => ("200 OK", "ready\n".to_owned()),
-                Err(reason) => ("503 Service Unavailable", format!("{reason}\n")),
+                Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+                Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
             },
             "/metrics" => {
                 content_type = METRICS_CONTENT_TYPE;
-                ("200 OK", metrics.render())
+                (StatusCode::OK, metrics.render())
             }
-            _ => ("404 Not Found", "not found\n".to_owned()),
-        },
+            _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
+        }
     };
-    let mut out = format!(
-        "HTTP/1.1 {status}\r\n\
-         Content-Type: {content_type}\r\n\
-         Content-Length: {}\r\n\
-         Cache-Control: no-store\r\n\
-         Allow: GET, HEAD\r\n\
-         Connection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    if with_body {
-        out.extend_from_slice(body.as_bytes());
-    }
-    out
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+    response
 }
 
 #[cfg(test)]

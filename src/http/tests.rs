@@ -5,7 +5,9 @@ use crate::metrics::{
     BACKOFF_ACTIVE, BACKOFF_SECONDS, PENDING_FAILURES, REPLICATION_LAG_BYTES,
     REPLICATION_LAG_SECONDS, STREAMING,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
+use tokio::time::timeout;
 
 /// Bound on every await on the server, so a hang fails the test.
 const TEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -19,17 +21,17 @@ struct Server {
 
 impl Server {
     async fn start() -> Server {
-        Server::start_with(IO_TIMEOUT).await
+        Server::start_with(Limits::DEFAULT).await
     }
 
-    async fn start_with(io_timeout: Duration) -> Server {
+    async fn start_with(limits: Limits) -> Server {
         let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
             .expect("test I/O");
         let addr = listener.local_addr().expect("test I/O");
         let metrics = Metrics::new();
         let (stop, rx) = watch::channel(false);
-        let task = tokio::spawn(serve_with(listener, metrics.clone(), rx, io_timeout));
+        let task = tokio::spawn(serve_with(listener, metrics.clone(), rx, limits));
         Server {
             addr,
             metrics,
@@ -64,6 +66,34 @@ impl Server {
         let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
         Response::parse(&self.raw(req.as_bytes()).await, true)
     }
+
+    /// A connection that has sent `sent` and waits.
+    async fn open(&self, sent: &[u8]) -> TcpStream {
+        let mut stream = TcpStream::connect(self.addr).await.expect("test I/O");
+        stream.write_all(sent).await.expect("test I/O");
+        stream
+    }
+}
+
+/// Limits with nothing but `change` short enough to matter in a test.
+fn limits(change: impl FnOnce(&mut Limits)) -> Limits {
+    let mut limits = Limits {
+        connections: 64,
+        head: Duration::from_secs(60),
+        connection: Duration::from_secs(60),
+    };
+    change(&mut limits);
+    limits
+}
+
+/// Waits until the server closes `stream`; what it sent before.
+async fn closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    match timeout(TEST_TIMEOUT, stream.read_to_end(&mut out)).await {
+        Err(_) => panic!("the server did not close the connection"),
+        // A reset is a close too.
+        Ok(Err(_)) | Ok(Ok(_)) => out,
+    }
 }
 
 #[derive(Debug)]
@@ -80,8 +110,11 @@ impl Response {
         let (head, body) = text.split_once("\r\n\r\n").expect("complete head");
         let mut lines = head.split("\r\n");
         let status_line = lines.next().expect("test I/O");
+        // hyper answers an HTTP/1.0 request in HTTP/1.0.
+        let http10 = status_line.starts_with("HTTP/1.0 ");
         let status = status_line
             .strip_prefix("HTTP/1.1 ")
+            .or_else(|| status_line.strip_prefix("HTTP/1.0 "))
             .and_then(|rest| rest.get(..3))
             .and_then(|code| code.parse().ok())
             .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
@@ -96,7 +129,10 @@ impl Response {
             headers,
             body: body.to_owned(),
         };
-        assert_eq!(resp.header("connection"), Some("close"));
+        // One request per connection (HTTP/1.0 closes by default).
+        if !http10 {
+            assert_eq!(resp.header("connection"), Some("close"));
+        }
         let length: usize = resp
             .header("content-length")
             .expect("test I/O")
@@ -225,6 +261,9 @@ async fn malformed_request_line_is_400() {
         b"GET  /healthz HTTP/1.1\r\n\r\n",
         b"G(T /healthz HTTP/1.1\r\n\r\n",
         b"\xff\xfe /healthz HTTP/1.1\r\n\r\n",
+        b"GET http://localhost/healthz HTTP/1.1\r\n\r\n",
+        b"GET localhost:80 HTTP/1.1\r\n\r\n",
+        b"GET * HTTP/1.1\r\n\r\n",
     ] {
         let resp = Response::parse(&server.raw(raw).await, true);
         assert_eq!(resp.status, 400, "{:?}", String::from_utf8_lossy(raw));
@@ -233,19 +272,19 @@ async fn malformed_request_line_is_400() {
 }
 
 #[tokio::test]
-async fn oversized_head_is_closed_without_answer() {
-    // A long read timeout, so only the size cap can end the connection.
-    let server = Server::start_with(Duration::from_secs(60)).await;
+async fn oversized_head_is_431_and_closed() {
+    // Long timeouts, so only the size cap can end the connection.
+    let server = Server::start_with(limits(|_| {})).await;
     let mut stream = TcpStream::connect(server.addr).await.expect("test I/O");
     let mut req = b"GET /healthz HTTP/1.1\r\nX-Filler: ".to_vec();
     req.resize(MAX_HEAD + 100, b'a');
     // The server may reset the connection while we still write.
     let _ = stream.write_all(&req).await;
-    let mut out = Vec::new();
-    let read = timeout(TEST_TIMEOUT, stream.read_to_end(&mut out))
-        .await
-        .expect("server closed the connection");
-    assert!(read.is_err() || out.is_empty(), "unexpected answer {out:?}");
+    let out = closed(&mut stream).await;
+    // Unless the close reset the connection under the answer.
+    if !out.is_empty() {
+        assert_eq!(Response::parse(&out, true).status, 431);
+    }
     server.stop().await;
 }
 
@@ -262,7 +301,7 @@ async fn head_at_the_cap_is_served() {
 
 #[tokio::test]
 async fn slow_head_times_out() {
-    let server = Server::start_with(Duration::from_millis(200)).await;
+    let server = Server::start_with(limits(|l| l.head = Duration::from_millis(200))).await;
     let mut stream = TcpStream::connect(server.addr).await.expect("test I/O");
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\n")
@@ -281,21 +320,101 @@ async fn slow_head_times_out() {
 
 #[tokio::test]
 async fn shutdown_returns_and_aborts_open_connections() {
-    // Connections would otherwise stay open for a minute.
-    let server = Server::start_with(Duration::from_secs(60)).await;
-    let mut idle = TcpStream::connect(server.addr).await.expect("test I/O");
-    idle.write_all(b"GET /hea").await.expect("test I/O");
-    // Make sure the connection was accepted before stopping.
+    // Connections would otherwise stay open for a minute; the cap is full.
+    let server = Server::start_with(limits(|l| l.connections = 4)).await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(server.open(b"GET /hea").await);
+    }
+    // Make sure the connections were accepted before stopping.
     assert_eq!(server.get("/healthz").await.status, 200);
+    open.push(server.open(b"").await);
     let addr = server.addr;
     server.stop().await;
 
-    let mut out = Vec::new();
-    let read = timeout(TEST_TIMEOUT, idle.read_to_end(&mut out))
-        .await
-        .expect("open connection closed on shutdown");
-    assert!(read.is_err() || out.is_empty());
+    for stream in &mut open {
+        assert!(closed(stream).await.is_empty());
+    }
     assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_for_a_slot() {
+    let server = Server::start_with(limits(|l| l.connections = 2)).await;
+    let first = server.open(b"GET /hea").await;
+    let _second = server.open(b"GET /hea").await;
+    let mut waiting = server
+        .open(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let mut out = Vec::new();
+    // Not answered while both slots are held (a bounded look for an
+    // absence: an answer would come within milliseconds).
+    let early = timeout(Duration::from_millis(500), waiting.read_to_end(&mut out)).await;
+    assert!(
+        early.is_err(),
+        "answered beyond the cap: {}",
+        String::from_utf8_lossy(&out)
+    );
+    drop(first);
+    let out = closed(&mut waiting).await;
+    assert_eq!(Response::parse(&out, true).status, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn idle_connections_time_out_and_a_health_check_gets_through() {
+    let server = Server::start_with(limits(|l| {
+        l.connections = 2;
+        l.head = Duration::from_millis(300);
+    }))
+    .await;
+    // Idle connections, one silent and one with half a head, fill the cap.
+    let mut silent = server.open(b"").await;
+    let mut half = server.open(b"GET /hea").await;
+    assert_eq!(server.get("/healthz").await.status, 200);
+    assert!(closed(&mut silent).await.is_empty());
+    assert!(closed(&mut half).await.is_empty());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_holding_its_connection_open_after_the_answer_frees_the_slot() {
+    let server = Server::start_with(limits(|l| l.connections = 1)).await;
+    // Asks for keep-alive and keeps its end open.
+    let mut kept = server
+        .open(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+        .await;
+    let out = closed(&mut kept).await;
+    assert_eq!(Response::parse(&out, true).status, 200);
+    // The only slot is free again.
+    assert_eq!(server.get("/readyz").await.status, 503);
+    drop(kept);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_connection_limit_cuts_off_a_slow_client() {
+    // The head timeout alone would wait a minute.
+    let server = Server::start_with(limits(|l| {
+        l.connections = 1;
+        l.connection = Duration::from_millis(300);
+    }))
+    .await;
+    let mut slow = server.open(b"GET /healthz HTTP/1.1\r\n").await;
+    let dribble = async {
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if slow.write_all(b"X: y\r\n").await.is_err() {
+                return;
+            }
+        }
+        panic!("still open after 10 s");
+    };
+    timeout(TEST_TIMEOUT, dribble)
+        .await
+        .expect("the server closed the slow connection");
+    assert_eq!(server.get("/healthz").await.status, 200);
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -322,18 +441,26 @@ async fn dropped_sender_stops_the_server() {
 }
 
 #[test]
-fn request_line_and_head_end() {
+fn only_a_path_names_a_route() {
+    let metrics = Metrics::new();
+    let status = |method: Method, uri: &str| {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(())
+            .expect("test request");
+        respond(&req, &metrics).status()
+    };
+    assert_eq!(status(Method::GET, "/healthz"), StatusCode::OK);
+    assert_eq!(status(Method::HEAD, "/healthz?x"), StatusCode::OK);
     assert_eq!(
-        parse_request_line(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n"),
-        Some(RequestLine {
-            method: "GET",
-            path: "/metrics"
-        })
+        status(Method::GET, "http://x/healthz"),
+        StatusCode::BAD_REQUEST
     );
-    assert_eq!(parse_request_line(b"GET /metrics HTTP/1.1 x\r\n\r\n"), None);
-    assert_eq!(parse_request_line(b"\r\n\r\n"), None);
-    assert_eq!(head_end(b"a\r\n\r\nrest"), Some(5));
-    assert_eq!(head_end(b"a\n\nrest"), Some(3));
-    assert_eq!(head_end(b"a\r\nb\r\n"), None);
-    assert_eq!(head_end(b"\n"), None);
+    assert_eq!(status(Method::GET, "x:80"), StatusCode::BAD_REQUEST);
+    assert_eq!(status(Method::OPTIONS, "*"), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        status(Method::PUT, "/healthz"),
+        StatusCode::METHOD_NOT_ALLOWED
+    );
 }
