@@ -52,17 +52,9 @@ pub struct Limits {
 impl Limits {
     /// The `-c` options that set them, for the startup packet (no extra round
     /// trip, and in force before the first statement).
-    ///
-    /// Also `plan_cache_mode=force_custom_plan`: the apply path's statements
-    /// are prepared once and run with arrays of thousands of ids against
-    /// tables that grow from empty (`calendar_events` in a first catch-up or
-    /// snapshot). A generic plan made while a table was small stays cached
-    /// until the next `ANALYZE` and scans the whole table per chunk once it is
-    /// large; a custom plan sees the table's current size each time. Planning
-    /// costs ~10 ms per chunk statement, about 2 µs per row (decision 45).
     fn options(&self) -> String {
         format!(
-            "-c plan_cache_mode=force_custom_plan -c lock_timeout={}ms -c statement_timeout={}ms",
+            "-c lock_timeout={}ms -c statement_timeout={}ms",
             self.lock_timeout.as_millis(),
             self.statement_timeout.as_millis()
         )

@@ -15,6 +15,7 @@ mod idle;
 mod mapping;
 mod ops;
 mod pg_version;
+mod plans;
 mod process;
 mod reconcile;
 mod recovery;

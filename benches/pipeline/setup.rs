@@ -25,7 +25,7 @@ const EXTRA_CONF: &str =
 /// With `--statements`: per-statement totals of every database
 /// (`pg_stat_statements`, nested statements included).
 const STATEMENTS_CONF: &str =
-    "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = all\n";
+    "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = all\npg_stat_statements.track_planning = on\n";
 
 /// The cluster and what every scenario needs from it.
 pub struct Bench {
@@ -295,25 +295,29 @@ pub async fn print_statements(bench: &Bench, db: &Db, what: &str) -> anyhow::Res
     let rows = db
         .client
         .query(
-            "select round(total_exec_time)::bigint, calls, rows, shared_blks_hit + shared_blks_read,
+            "select round(total_exec_time)::bigint, round(total_plan_time)::bigint, calls, rows,
+                    shared_blks_hit + shared_blks_read,
                     wal_bytes::bigint, left(regexp_replace(query, '\\s+', ' ', 'g'), 110)
                from pg_stat_statements s join pg_database d on d.oid = s.dbid
               where d.datname = current_database()
-              order by total_exec_time desc limit 15",
+              order by total_exec_time + total_plan_time desc limit 15",
             &[],
         )
         .await
         .context("reading pg_stat_statements")?;
-    eprintln!("  statements during {what} (ms, calls, rows, blocks, WAL bytes, query):");
+    eprintln!(
+        "  statements during {what} (exec ms, plan ms, calls, rows, blocks, WAL bytes, query):"
+    );
     for r in rows {
         eprintln!(
-            "  {:>8} {:>8} {:>9} {:>10} {:>11}  {}",
+            "  {:>8} {:>7} {:>8} {:>9} {:>10} {:>11}  {}",
             r.get::<_, i64>(0),
             r.get::<_, i64>(1),
             r.get::<_, i64>(2),
             r.get::<_, i64>(3),
             r.get::<_, i64>(4),
-            r.get::<_, String>(5)
+            r.get::<_, i64>(5),
+            r.get::<_, String>(6)
         );
     }
     Ok(())

@@ -40,22 +40,32 @@ impl Writer {
         deleted: bool,
     ) -> Result<(), SyncError> {
         self.ensure_open().await?;
-        self.target
-            .execute(
-                &self.t.record_party_name,
-                &[&party.as_str(), &id, &name, &deleted],
-            )
-            .await
-            .map_err(db("recording a customer/contact name"))?;
         let refresh = match party {
             Party::Customer => &self.t.refresh_by_customer,
             Party::Contact => &self.t.refresh_by_contact,
         };
-        let updated = self
-            .target
-            .execute(refresh, &[&id, &PgLsn::from(lsn)])
-            .await
-            .map_err(db("refreshing participants"))?;
+        // One round trip. The refresh finds the events by a non-unique key
+        // (`customer_id` / `contact_id`): planned afresh each time (custom
+        // plan, for this statement only), since a generic plan made while
+        // `calendar_events` was small would scan all of it for every rename
+        // (see `sql`'s module docs). Not for the whole session: the foreign
+        // key checks of every event insert would be planned per row too.
+        let t = &self.target;
+        let party_name = party.as_str();
+        let lsn = PgLsn::from(lsn);
+        let record: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&party_name, &id, &name, &deleted];
+        let by: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&id, &lsn];
+        let (recorded, custom, updated, generic) = tokio::join!(
+            t.execute(&self.t.record_party_name, &record),
+            t.batch_execute("set local plan_cache_mode = force_custom_plan"),
+            t.execute(refresh, &by),
+            t.batch_execute("set local plan_cache_mode = auto"),
+        );
+        recorded.map_err(db("recording a customer/contact name"))?;
+        custom.map_err(db("planning the participants refresh"))?;
+        let updated = updated.map_err(db("refreshing participants"))?;
+        generic.map_err(db("planning the participants refresh"))?;
         if updated > 0 {
             tracing::debug!(?party, %id, events = updated, "refreshed participants");
         }

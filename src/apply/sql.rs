@@ -2,6 +2,23 @@
 //! once per connection. Batches are written set-based: arrays bound as
 //! parameters and expanded with `unnest`, a few statements per chunk whatever
 //! its size.
+//!
+//! # Plans that cannot go wrong
+//!
+//! A prepared statement keeps the generic plan it was given after its first
+//! executions until the next `ANALYZE` of its tables. Ours are prepared when
+//! `calendar_events` (or `calendar_sync_failures`, `calendar_sync_party_names`)
+//! may be empty, and then run against millions of rows. So every statement
+//! that finds rows by an array of keys is written as one index probe per key,
+//! a plan that is right at any table size: `unnest($1) cross join lateral
+//! (select .. where key = k.id limit 1)` (a lateral subquery with `limit` is
+//! never flattened into a join, and an equality on a unique index is always
+//! planned as an index scan); writes go by the `ctid`s such a probe returns
+//! (a TID scan). The obvious `key = any($1)` and `update .. from unnest(..)`
+//! were planned, on empty tables, as a scan of every row (filtered by the
+//! array, or hash-joined), and stayed so (decision 45). Every `ctid` used is
+//! of a row this transaction has locked (the chunk's events, `for update`),
+//! so it cannot move before the write.
 
 use tokio_postgres::{Client, Statement};
 
@@ -33,17 +50,31 @@ const SELECT_EVENTS: &str = "select e.* from unnest($1::uuid[]) as k(id) cross j
       limit 1
         for update) as e";
 
-/// Which of `$1 uuid[]` have an open failure.
-const SELECT_FAILING: &str = "select interaction_id from calendar_sync_failures
-  where not resolved and interaction_id = any($1)";
+/// Which of `$1 uuid[]` have an open failure (one probe of the open-failure
+/// index per id).
+const SELECT_FAILING: &str =
+    "select f.interaction_id from unnest($1::uuid[]) as k(id) cross join lateral (
+     select interaction_id from calendar_sync_failures
+      where not resolved and interaction_id = k.id limit 1) as f";
 
 /// Display names of customers `$1 uuid[]` and contacts `$2 uuid[]`, as of the
-/// source transaction being applied (see `apply::party`).
-const SELECT_NAMES: &str = "select party, id, name from calendar_sync_party_names
-  where (party = 'customer' and id = any($1)) or (party = 'contact' and id = any($2))";
+/// source transaction being applied (see `apply::party`): one primary-key
+/// probe per id.
+const SELECT_NAMES: &str =
+    "select n.party, n.id, n.name from unnest($1::uuid[]) as k(id) cross join lateral (
+     select party, id, name from calendar_sync_party_names
+      where party = 'customer' and id = k.id limit 1) as n
+ union all
+ select n.party, n.id, n.name from unnest($2::uuid[]) as k(id) cross join lateral (
+     select party, id, name from calendar_sync_party_names
+      where party = 'contact' and id = k.id limit 1) as n";
 
-/// Hard delete of events `$1 uuid[]`.
-const DELETE_EVENTS: &str = "delete from calendar_events where event_id = any($1)";
+/// Hard delete of events `$1 uuid[]` (locked by `SELECT_EVENTS`), by the
+/// `ctid`s of primary-key probes.
+const DELETE_EVENTS: &str = "delete from calendar_events e using (
+     select x.tid from unnest($1::uuid[]) as k(id) cross join lateral (
+         select ctid as tid from calendar_events where event_id = k.id limit 1) as x) as x
+  where e.ctid = x.tid";
 
 /// The mapped columns in array form, shared by insert and update. Participants
 /// travel as array literals (`$10 text[]` of `'{..}'`): `unnest` of a
@@ -71,9 +102,10 @@ fn insert_events() -> String {
     )
 }
 
-/// Changed events in their last state (`EVENT_ARRAYS`; `$19` unused, NULLs).
-/// The rows are locked by `SELECT_EVENTS`, and the regression guard was checked
-/// in memory (`apply::plan`).
+/// Changed events in their last state (`EVENT_ARRAYS`; `$19` unused, NULLs),
+/// found by the `ctid` of a primary-key probe each. The rows are locked by
+/// `SELECT_EVENTS`, and the regression guard was checked in memory
+/// (`apply::plan`).
 fn update_events() -> String {
     format!(
         "update calendar_events e
@@ -84,8 +116,10 @@ fn update_events() -> String {
                 updated_by = v.updated_by, created_at = v.created_at, updated_at = v.updated_at,
                 customer_id = v.customer_id, contact_id = v.contact_id, source_lsn = v.source_lsn,
                 last_synced_at = now()
-           from {EVENT_ARRAYS}
-          where e.event_id = v.event_id"
+           from (select v.*, x.tid from {EVENT_ARRAYS} cross join lateral (
+                     select ctid as tid from calendar_events c where c.event_id = v.event_id limit 1
+                 ) as x) as v
+          where e.ctid = v.tid"
     )
 }
 
@@ -156,10 +190,14 @@ const FORGET_EVENT_LSNS: &str = "update calendar_events set source_lsn = null
 /// rows a CRM session has locked are skipped (their own change will be synced
 /// and stamped), so the consumer neither stalls behind an idle transaction nor
 /// deadlocks with one.
-const MARK_SYNCED: &str = "update interaction set calendar_synced_at = now()
-  where interaction_id in (select interaction_id from interaction
-                            where interaction_id = any($1)
-                            order by interaction_id for update skip locked)";
+///
+/// By `ctid`s of primary-key probes that took the row lock (see the module
+/// docs): the CRM may have created `interaction` empty and imported later.
+const MARK_SYNCED: &str = "update interaction i set calendar_synced_at = now()
+   from (select x.tid from unnest($1::uuid[]) as k(id) cross join lateral (
+             select ctid as tid from interaction where interaction_id = k.id
+              limit 1 for update skip locked) as x) as x
+  where i.ctid = x.tid";
 
 /// Marks the current transaction as calendar-sync's own (`$1` the prefix, `$2`
 /// the slot), in one statement: the transactional logical message the stream
@@ -178,6 +216,21 @@ pub const ECHO_MARKER: &str = "insert into calendar_sync_echo (xid, slot, lsn)
 /// Live descriptions of `$1 uuid[]` (TOAST, see `apply::plan`).
 const SELECT_DESCRIPTIONS: &str =
     "select interaction_id, description from interaction where interaction_id = any($1)";
+
+/// The statements that find rows by an array of keys, by name, for the test
+/// that checks their generic plans on empty tables (`tests/plans.rs`, see the
+/// module docs).
+pub fn keyed_statements() -> Vec<(&'static str, String)> {
+    vec![
+        ("select_events", SELECT_EVENTS.to_string()),
+        ("select_failing", SELECT_FAILING.to_string()),
+        ("select_names", SELECT_NAMES.to_string()),
+        ("delete_events", DELETE_EVENTS.to_string()),
+        ("update_events", update_events()),
+        ("mark_synced", MARK_SYNCED.to_string()),
+        ("peek_events", PEEK_EVENTS.to_string()),
+    ]
+}
 
 /// Statements on the target connection.
 pub struct TargetStatements {
