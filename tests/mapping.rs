@@ -30,6 +30,12 @@ async fn every_mapped_field_is_copied() {
         .await;
     db.wait_count("select count(*) from calendar_events", 1)
         .await;
+    // The stamp commits right after the event, on its own session.
+    db.wait_count(
+        &format!("select count(*) from interaction where interaction_id = '{id}' and calendar_synced_at is not null"),
+        1,
+    )
+    .await;
     let e = db.event(id).await.expect("event");
     let i = db
         .client

@@ -28,11 +28,11 @@ async fn migrate_is_idempotent() {
             );
         }
     }
-    // Two source and two target migrations, each recorded once.
+    // Two source and three target migrations, each recorded once.
     assert_eq!(
         db.count("select count(*) from calendar_sync_schema_migrations")
             .await,
-        4
+        5
     );
     // No slot: `migrate` never creates it.
     assert_eq!(

@@ -10,7 +10,9 @@
 //! memory. Each chunk is decided in memory ([`plan`], pure) against its
 //! interactions' events, read in one query, and written with a handful of
 //! set-based statements (`unnest` arrays): deletes, updates, inserts, log rows,
-//! failures, resolutions, stamps.
+//! failures, resolutions. Its `calendar_synced_at` stamps go to the
+//! [`stamper`], which writes them on a session of its own while the next
+//! chunk is written, and commits them after the batch.
 //!
 //! [`Writer::commit`] ends the batch at a source-transaction boundary: the
 //! pending chunk is written, then the progress row (the end LSN of the last
@@ -29,9 +31,9 @@
 //! half under its own savepoint, until the bad change stands alone: it goes to
 //! the failure queue (`calendar_sync_failures` + a `failed` log row), its
 //! neighbours commit. Row errors found while deciding (negative duration) need
-//! no statement to fail. A batch therefore takes one savepoint per chunk (two
-//! with stamps) on the happy path, never one per change: the walsender decodes
-//! our own transaction (it writes `interaction` when stamping) without a
+//! no statement to fail. A batch therefore takes one savepoint per chunk on
+//! the happy path (and its stamp transaction one per chunk), never one per
+//! change: the walsender decodes our own transactions without a
 //! subtransaction storm.
 //!
 //! # Echo
@@ -51,6 +53,7 @@ mod party;
 pub mod plan;
 mod retry;
 pub mod sql;
+mod stamper;
 mod write;
 
 use std::collections::HashMap;
@@ -70,6 +73,10 @@ use crate::metrics::{Metrics, Status};
 pub use current::Current;
 pub use plan::RowChange;
 pub use retry::retry_due_once;
+
+/// How long a one-shot command or a clean stop waits for the stamps of
+/// committed batches ([`Writer::settle_stamps`]).
+pub const STAMPS_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Prefix of the transactional logical message that marks our own transactions.
 pub const ECHO_PREFIX: &str = "calendar_sync.echo";
@@ -104,8 +111,6 @@ struct Batch {
     end: Option<(Lsn, DateTime<Utc>)>,
     /// Actions written, counted into the metrics once committed.
     counts: [[u64; 2]; 4],
-    /// Separate target only: interactions to stamp after the commit.
-    stamps: Vec<Uuid>,
     /// Retries only: participant names read with the rows, overriding the
     /// names table (which is as of the stream's progress, not of now).
     names: HashMap<(Party, Uuid), Option<String>>,
@@ -122,7 +127,6 @@ impl Batch {
             started: Instant::now(),
             end: None,
             counts: [[0; 2]; 4],
-            stamps: Vec::new(),
             names: HashMap::new(),
         }
     }
@@ -143,10 +147,11 @@ pub struct Writer {
     slot: String,
     window: chrono::Duration,
     tz: chrono_tz::Tz,
-    write_synced_at: bool,
     limits: BatchLimits,
     batch: Option<Batch>,
     metrics: Metrics,
+    /// `calendar_synced_at` (when configured): see [`stamper`].
+    stamper: Option<stamper::Stamper>,
 }
 
 fn db(context: &'static str) -> impl Fn(tokio_postgres::Error) -> SyncError {
@@ -155,20 +160,17 @@ fn db(context: &'static str) -> impl Fn(tokio_postgres::Error) -> SyncError {
 
 impl Writer {
     /// `target` and `source` are distinct sessions (also when they are the same
-    /// database): `source` is used for lookups and, with a separate target, for
-    /// stamping `calendar_synced_at`.
+    /// database): `source` is used for lookups. Stamps have a session of
+    /// their own ([`stamper`]).
     pub async fn new(
         cfg: &Config,
         target: Client,
         source: Client,
         metrics: Metrics,
     ) -> Result<Writer, SyncError> {
-        let same_db = cfg.same_database();
-        let t = sql::prepare_target(&target, same_db && cfg.write_synced_at)
-            .await
-            .map_err(db(
-                "preparing target statements (has `calendar-sync migrate` run?)",
-            ))?;
+        let t = sql::prepare_target(&target).await.map_err(db(
+            "preparing target statements (has `calendar-sync migrate` run?)",
+        ))?;
         let s = sql::prepare_source(&source).await.map_err(db(
             "preparing source statements (has `calendar-sync migrate` run? are customer and contact as configured?)",
         ))?;
@@ -180,9 +182,16 @@ impl Writer {
             slot: cfg.slot.clone(),
             window: cfg.window,
             tz: cfg.timezone,
-            write_synced_at: cfg.write_synced_at,
             limits: cfg.batch,
             batch: None,
+            stamper: cfg.write_synced_at.then(|| {
+                stamper::Stamper::start(
+                    cfg.source_url.clone(),
+                    cfg.limits(),
+                    cfg.slot.clone(),
+                    metrics.clone(),
+                )
+            }),
             metrics,
         })
     }
@@ -293,23 +302,10 @@ impl Writer {
         if b.open {
             return Ok(());
         }
-        // Pipelined: the marker goes out with the begin (one round trip).
-        match &self.t.emit_echo_marker {
-            Some(marker) => {
-                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
-                    [&ECHO_PREFIX, &self.slot];
-                let (begun, marked) = tokio::join!(
-                    self.target.batch_execute("begin"),
-                    self.target.query_one(marker, &params),
-                );
-                begun.and(marked.map(|_| ())).map_err(db("beginning the target transaction as calendar-sync's own (calendar_sync_echo; has `calendar-sync migrate` run, and may this role insert into calendar_sync_echo?)"))?;
-            }
-            None => self
-                .target
-                .batch_execute("begin")
-                .await
-                .map_err(db("beginning the target transaction"))?,
-        }
+        self.target
+            .batch_execute("begin")
+            .await
+            .map_err(db("beginning the target transaction"))?;
         b.open = true;
         Ok(())
     }
@@ -344,6 +340,33 @@ impl Writer {
             // Nothing was written: nothing needs to be durable.
             return Ok(end.map(|e| e.0));
         }
+        if let Err(e) = self.write_progress_and_commit(end).await {
+            if let Some(s) = self.stamper.as_mut() {
+                s.rollback().await;
+            }
+            return Err(e);
+        }
+        if let Some(s) = self.stamper.as_mut() {
+            s.commit().await;
+        }
+        for (a, action) in Action::ALL.iter().enumerate() {
+            for (s, status) in [Status::Success, Status::Failed].iter().enumerate() {
+                if b.counts[a][s] > 0 {
+                    self.metrics.actions(*action, *status, b.counts[a][s]);
+                }
+            }
+        }
+        if let Some((end_lsn, commit_ts)) = end {
+            self.metrics.transaction_applied(end_lsn, commit_ts);
+        }
+        Ok(end.map(|e| e.0))
+    }
+
+    /// The progress row (stream and snapshot batches) and the commit.
+    async fn write_progress_and_commit(
+        &mut self,
+        end: Option<(Lsn, DateTime<Utc>)>,
+    ) -> Result<(), SyncError> {
         if let Some((end_lsn, commit_ts)) = end {
             let n = self
                 .target
@@ -367,20 +390,7 @@ impl Writer {
             .batch_execute("commit")
             .await
             .map_err(db("committing the target transaction"))?;
-        for (a, action) in Action::ALL.iter().enumerate() {
-            for (s, status) in [Status::Success, Status::Failed].iter().enumerate() {
-                if b.counts[a][s] > 0 {
-                    self.metrics.actions(*action, *status, b.counts[a][s]);
-                }
-            }
-        }
-        if let Some((end_lsn, commit_ts)) = end {
-            self.metrics.transaction_applied(end_lsn, commit_ts);
-        }
-        if !b.stamps.is_empty() {
-            self.stamp_source(&b.stamps).await;
-        }
-        Ok(end.map(|e| e.0))
+        Ok(())
     }
 
     /// Abandons the batch (after an error): nothing of it stays in the target.
@@ -390,26 +400,21 @@ impl Writer {
                 tracing::debug!(error = %e, "rollback failed; the connection is gone and so is the transaction");
             }
         }
+        if let Some(s) = self.stamper.as_mut() {
+            s.rollback().await;
+        }
     }
 
-    /// Separate target: `calendar_synced_at` in the source, after the target
-    /// commit, in our own marked transaction. Best effort: the calendar is
-    /// already right; a failure here only leaves the stamp old.
-    async fn stamp_source(&self, ids: &[Uuid]) {
-        let result = async {
-            self.source.batch_execute("begin").await?;
-            self.source
-                .query_one(&self.s.emit_echo_marker, &[&ECHO_PREFIX, &self.slot])
-                .await?;
-            for part in ids.chunks(self.limits.max_changes.max(1)) {
-                self.source.execute(&self.s.mark_synced, &[&part]).await?;
+    /// Waits (at most `within`) until the stamps of committed batches are
+    /// committed too: before a one-shot command (`reconcile`, a retry pass)
+    /// or a clean stop ends the process, which would drop them.
+    pub async fn settle_stamps(&self, within: std::time::Duration) {
+        if let Some(s) = self.stamper.as_ref() {
+            if tokio::time::timeout(within, s.settle()).await.is_err() {
+                tracing::warn!(
+                    "calendar_synced_at stamps still being written at exit; the events are synced"
+                );
             }
-            self.source.batch_execute("commit").await
-        }
-        .await;
-        if let Err(e) = result {
-            let _ = self.source.batch_execute("rollback").await;
-            tracing::warn!(error = %crate::error::describe_pg(&e), rows = ids.len(), "could not write interaction.calendar_synced_at in the source; the events are synced");
         }
     }
 

@@ -75,5 +75,7 @@ pub async fn retry_due_once(cfg: &Config) -> Result<usize, SyncError> {
     let target = crate::db::connect(cfg.target_url(), "target").await?;
     let source = crate::db::connect(&cfg.source_url, "source").await?;
     let mut writer = Writer::new(cfg, target, source, crate::metrics::Metrics::new()).await?;
-    writer.retry_due(&cfg.participants).await
+    let retried = writer.retry_due(&cfg.participants).await;
+    writer.settle_stamps(super::STAMPS_AT_EXIT).await;
+    retried
 }

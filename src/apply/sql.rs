@@ -193,7 +193,7 @@ const FORGET_EVENT_LSNS: &str = "update calendar_events set source_lsn = null
 ///
 /// By `ctid`s of primary-key probes that took the row lock (see the module
 /// docs): the CRM may have created `interaction` empty and imported later.
-const MARK_SYNCED: &str = "update interaction i set calendar_synced_at = now()
+pub const MARK_SYNCED: &str = "update interaction i set calendar_synced_at = now()
    from (select x.tid from unnest($1::uuid[]) as k(id) cross join lateral (
              select ctid as tid from interaction where interaction_id = k.id
               limit 1 for update skip locked) as x) as x
@@ -252,23 +252,14 @@ pub struct TargetStatements {
     pub pending_failures: Statement,
     pub write_progress: Statement,
     pub forget_event_lsns: Statement,
-    /// Same-database mode only: stamps inside the target transaction.
-    pub mark_synced: Option<Statement>,
-    /// Same-database mode only (with `mark_synced`): see [`ECHO_MARKER`].
-    pub emit_echo_marker: Option<Statement>,
 }
 
 /// Statements on the source (lookup) connection.
 pub struct SourceStatements {
     pub select_descriptions: Statement,
-    pub mark_synced: Statement,
-    pub emit_echo_marker: Statement,
 }
 
-pub async fn prepare_target(
-    c: &Client,
-    same_db: bool,
-) -> Result<TargetStatements, tokio_postgres::Error> {
+pub async fn prepare_target(c: &Client) -> Result<TargetStatements, tokio_postgres::Error> {
     Ok(TargetStatements {
         select_events: c.prepare(SELECT_EVENTS).await?,
         select_failing: c.prepare(SELECT_FAILING).await?,
@@ -288,24 +279,12 @@ pub async fn prepare_target(
         pending_failures: c.prepare(PENDING_FAILURES).await?,
         write_progress: c.prepare(WRITE_PROGRESS).await?,
         forget_event_lsns: c.prepare(FORGET_EVENT_LSNS).await?,
-        mark_synced: if same_db {
-            Some(c.prepare(MARK_SYNCED).await?)
-        } else {
-            None
-        },
-        emit_echo_marker: if same_db {
-            Some(c.prepare(ECHO_MARKER).await?)
-        } else {
-            None
-        },
     })
 }
 
 pub async fn prepare_source(c: &Client) -> Result<SourceStatements, tokio_postgres::Error> {
     Ok(SourceStatements {
         select_descriptions: c.prepare(SELECT_DESCRIPTIONS).await?,
-        mark_synced: c.prepare(MARK_SYNCED).await?,
-        emit_echo_marker: c.prepare(ECHO_MARKER).await?,
     })
 }
 

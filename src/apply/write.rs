@@ -41,8 +41,11 @@ impl Writer {
             let part = &chunk[from..to];
             let plan = self.decide(part, &mut known).await?;
             match self.write_plan(plan).await? {
-                Outcome::Written(plan) => {
+                Outcome::Written(mut plan) => {
                     self.account(&plan);
+                    if let Some(s) = self.stamper.as_mut() {
+                        s.stamp(std::mem::take(&mut plan.stamps)).await;
+                    }
                     known.absorb(plan);
                 }
                 Outcome::RowError(message) if part.len() == 1 => {
@@ -68,13 +71,9 @@ impl Writer {
                 "refused to overwrite events written from a later source LSN (by a retry)"
             );
         }
-        let separate = self.t.mark_synced.is_none() && self.write_synced_at;
         if let Some(b) = self.batch.as_mut() {
             for (action, status) in plan.counts() {
                 b.count(action, status, 1);
-            }
-            if separate {
-                b.stamps.extend_from_slice(&plan.stamps);
             }
         }
     }
@@ -174,10 +173,7 @@ impl Writer {
         let retry = matches!(self.batch.as_ref().map(|b| b.kind), Some(BatchKind::Retry));
         self.metrics.savepoint();
         match self.statements(&plan, retry).await {
-            Ok(()) => {
-                self.stamp(&plan.stamps).await?;
-                Ok(Outcome::Written(plan))
-            }
+            Ok(()) => Ok(Outcome::Written(plan)),
             Err(e) if classify_pg(&e) == ErrorClass::RowPermanent => {
                 self.rollback_to("chunk").await?;
                 Ok(Outcome::RowError(describe_pg(&e)))
@@ -329,37 +325,6 @@ impl Writer {
             .await
             .map_err(db("writing calendar_sync_failures"))?;
         Ok(plan)
-    }
-
-    /// Same database: stamps `calendar_synced_at` inside the target
-    /// transaction (whose first statement was the echo marker), under its own
-    /// savepoint. Best effort: a failure only leaves stamps old and never rolls
-    /// back the events; locked rows are skipped, never waited for.
-    async fn stamp(&self, ids: &[Uuid]) -> Result<(), SyncError> {
-        let Some(stmt) = &self.t.mark_synced else {
-            return Ok(());
-        };
-        if ids.is_empty() || !self.write_synced_at {
-            return Ok(());
-        }
-        self.metrics.savepoint();
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ids];
-        let (sp, stamped, released) = tokio::join!(
-            self.target.batch_execute("savepoint stamp"),
-            self.target.execute(stmt, &params),
-            self.target.batch_execute("release savepoint stamp"),
-        );
-        let stamped = sp.and(stamped).and(released);
-        match stamped {
-            Ok(_) => Ok(()),
-            Err(e) if classify_pg(&e) == ErrorClass::Transient => {
-                Err(SyncError::db("stamping calendar_synced_at", e))
-            }
-            Err(e) => {
-                tracing::warn!(error = %describe_pg(&e), rows = ids.len(), "could not write interaction.calendar_synced_at; the events are synced");
-                self.rollback_to("stamp").await
-            }
-        }
     }
 
     async fn rollback_to(&self, name: &str) -> Result<(), SyncError> {

@@ -71,7 +71,7 @@ use uuid::Uuid;
 use crate::apply::event::event_from_row;
 use crate::apply::plan::StoredEvent;
 use crate::apply::sql::{self, CurrentOf};
-use crate::apply::{Current, Writer};
+use crate::apply::{Current, Writer, STAMPS_AT_EXIT};
 use crate::config::Config;
 use crate::db;
 use crate::error::SyncError;
@@ -235,7 +235,8 @@ pub async fn reconcile(cfg: &Config, dry_run: bool) -> Result<Report, SyncError>
     let (events, extra) = extra_events(&source, &target, Some(&cfg.slot), writer.as_mut()).await?;
     report.events = events;
     report.extra = extra;
-    if writer.is_some() {
+    if let Some(w) = writer.as_ref() {
+        w.settle_stamps(STAMPS_AT_EXIT).await;
         for action in Action::ALL {
             report.repaired += metrics.action_count(action, Status::Success);
             report.failed += metrics.action_count(action, Status::Failed);

@@ -201,6 +201,9 @@ async fn session(
         s.repl.abort();
         return result;
     }
+    // The stamps of the last committed batch (bounded: SIGTERM is answered
+    // within seconds; stamps are best effort).
+    s.writer.settle_stamps(Duration::from_secs(1)).await;
     // Bounded: SIGTERM is answered within seconds even when the source hangs.
     match tokio::time::timeout(Duration::from_secs(3), s.release_acks()).await {
         Ok(Ok(())) => {}
