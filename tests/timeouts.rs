@@ -207,3 +207,80 @@ async fn sigterm_during_the_initial_snapshot_exits_zero_at_once() {
         Some(0)
     );
 }
+
+/// A stamp is never visible before its event: the stamps of a batch's
+/// written chunks commit only after the batch does. Here a source
+/// transaction's first chunk (two new interactions) is written and stamped,
+/// then its last change waits for a CRM lock and the batch rolls back, again
+/// and again: neither the events nor the stamps of the first two show; once
+/// the lock is gone, all three apply and are stamped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stamps_of_a_batch_that_cannot_commit_never_show() {
+    let mut db = TestDb::crm().await;
+    db.migrate().await;
+    let mut cfg = db.config();
+    cfg.lock_timeout = Duration::from_millis(300);
+    cfg.batch.max_changes = 2;
+    let run = Running::start(cfg);
+    wait_streaming(&db).await;
+    let locked = db.insert("Before", "now()", "").await;
+    db.wait_count(&events_titled(locked, "Before"), 1).await;
+
+    let crm = crm_locks_event(&db, locked).await;
+    let tx = db.client.build_transaction().start().await.expect("begin");
+    let mut fresh = Vec::new();
+    for subject in ["New 1", "New 2"] {
+        fresh.push(
+            tx.query_one(
+                "insert into interaction (interaction_type, subject, interaction_date, created_by)
+                 values ('meeting', $1, now(), (select created_by from interaction where interaction_id = $2))
+                 returning interaction_id",
+                &[&subject, &locked],
+            )
+            .await
+            .expect("insert")
+            .get::<_, Uuid>(0),
+        );
+    }
+    tx.execute(
+        "update interaction set subject = 'After' where interaction_id = $1",
+        &[&locked],
+    )
+    .await
+    .expect("update");
+    tx.commit().await.expect("commit");
+    let stamped = format!(
+        "select count(*) from interaction where interaction_id in ('{}', '{}') and calendar_synced_at is not null",
+        fresh[0], fresh[1]
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || async {
+            reconnects(&run.metrics) >= 3
+        })
+        .await,
+        "the lock wait never ended as a transient error (reconnects: {})",
+        reconnects(&run.metrics)
+    );
+    assert!(
+        run.metrics.savepoint_count() >= 2,
+        "the first chunk and its stamps were written at least once"
+    );
+    assert_eq!(
+        db.count(&format!(
+            "select count(*) from calendar_events where related_id in ('{}', '{}')",
+            fresh[0], fresh[1]
+        ))
+        .await,
+        0
+    );
+    assert_eq!(
+        db.count(&stamped).await,
+        0,
+        "stamps showed before their events"
+    );
+
+    crm.batch_execute("commit").await.expect("crm commit");
+    db.wait_count(&events_titled(locked, "After"), 1).await;
+    db.wait_count(&stamped, 2).await;
+    run.stop().await.expect("clean stop");
+}
