@@ -99,8 +99,12 @@ where
     F: FnOnce(&'a Client) -> Fut,
     Fut: std::future::Future<Output = Result<T, LockedError>>,
 {
+    // `create .. if not exists` of an object that exists sends a NOTICE
+    // ("already exists, skipping"), which the driver logs at INFO: on every
+    // `migrate` of an up-to-date database, and on the first of a same-database
+    // setup (the migrations table is created for both roles). Not news.
     client
-        .batch_execute("begin")
+        .batch_execute("begin; set local client_min_messages = warning")
         .await
         .map_err(|e| SyncError::db(format!("beginning: {what}"), e))?;
     let result = async {
