@@ -90,9 +90,12 @@ async fn the_lag_gauge_never_counts_from_zero_after_a_start() {
         .await
         .expect("wal position")
         .get(0);
-    const BOUND: u64 = 8 << 20;
+    // Other tests write WAL into the shared cluster meanwhile, which an idle
+    // slot rightly lags behind for a moment; counting from 0/0 shows the
+    // whole position.
+    let bound = wal as u64 / 2;
     assert!(
-        wal as u64 > 2 * BOUND,
+        wal as u64 > 16 << 20,
         "the test needs a WAL position over 16 MiB, got {wal}"
     );
     let run = Running::start(db.config());
@@ -102,7 +105,7 @@ async fn the_lag_gauge_never_counts_from_zero_after_a_start() {
     let again = peak_lag_while_starting(&db, &run.metrics).await;
     run.stop().await.expect("clean stop");
     assert!(
-        first < BOUND && again < BOUND,
+        first < bound && again < bound,
         "lag bytes peaked at {first} (new slot) and {again} (restart) on an idle CRM; the WAL position is {wal}"
     );
 }
