@@ -90,10 +90,13 @@ impl Stamper {
         }
     }
 
-    /// The batch was abandoned: its stamps are rolled back.
+    /// The batch was abandoned: its stamps are rolled back, and their row
+    /// locks released before the batch is replayed (whose stamps would skip
+    /// rows still locked).
     pub(super) async fn rollback(&mut self) {
         if std::mem::take(&mut self.open) {
             self.send(Command::Rollback).await;
+            self.settle().await;
         }
     }
 
