@@ -17,7 +17,7 @@ pub use super::preflight::{check_publication, preflight, resolve_tables};
 pub use super::snapshot::{create_slot_and_snapshot, rollback_bounded};
 
 /// Events buffered between the replication worker and the writer.
-const REPLICATION_BUFFER_EVENTS: usize = 8192;
+const REPLICATION_BUFFER_EVENTS: usize = 64;
 
 /// The slot as `pg_replication_slots` shows it.
 #[derive(Debug, Clone)]
