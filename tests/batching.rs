@@ -23,12 +23,7 @@ async fn with_slot_then_stopped(cfg: impl Fn(&TestDb) -> Config) -> TestDb {
 }
 
 fn applied_batches(run: &Running) -> u64 {
-    run.metrics
-        .render()
-        .lines()
-        .find_map(|l| l.strip_prefix("calendar_sync_transactions_applied_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    metric(&run.metrics, calendar_sync::metrics::TRANSACTIONS_TOTAL) as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

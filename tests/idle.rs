@@ -39,14 +39,7 @@ async fn other_databases_traffic_never_makes_the_idle_slot_hold_wal() {
 
 /// `calendar_sync_replication_lag_bytes` of `m` (0 before the first tick).
 fn lag_bytes(m: &calendar_sync::metrics::Metrics) -> u64 {
-    m.render()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(calendar_sync::metrics::REPLICATION_LAG_BYTES)
-                .filter(|rest| rest.starts_with(' '))
-                .and_then(|rest| rest.trim().parse::<f64>().ok())
-        })
-        .map_or(0, |v| v as u64)
+    metric(m, calendar_sync::metrics::REPLICATION_LAG_BYTES) as u64
 }
 
 /// The highest lag in bytes `m` shows while the consumer starts, streams and

@@ -22,9 +22,9 @@ use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Statement};
 use uuid::Uuid;
 
-use super::{sql, ECHO_PREFIX};
+use super::{db, sql, ECHO_PREFIX};
 use crate::config::SecretUrl;
-use crate::db::{self, Limits};
+use crate::db::Limits;
 use crate::error::{describe_pg, SyncError};
 use crate::metrics::Metrics;
 
@@ -193,8 +193,8 @@ impl Session {
             self.conn = None;
         }
         if self.conn.is_none() {
-            let client = db::connect_limited(&self.url, "source", self.limits).await?;
-            let prepare = db_err(
+            let client = crate::db::connect_limited(&self.url, "source", self.limits).await?;
+            let prepare = db(
                 "preparing the calendar_synced_at statements (has `calendar-sync migrate` run?)",
             );
             let marker = client.prepare(sql::ECHO_MARKER).await.map_err(&prepare)?;
@@ -211,7 +211,7 @@ impl Session {
         );
         begun
             .and(marked.map(|_| ()))
-            .map_err(db_err("beginning the calendar_synced_at transaction as calendar-sync's own (may this role insert into calendar_sync_echo?)"))
+            .map_err(db("beginning the calendar_synced_at transaction as calendar-sync's own (may this role insert into calendar_sync_echo?)"))
     }
 
     /// Ends the batch's stamp transaction: `commit` or `rollback` (always
@@ -245,8 +245,4 @@ impl Session {
         }
         self.state = State::Failed;
     }
-}
-
-fn db_err(context: &'static str) -> impl Fn(tokio_postgres::Error) -> SyncError {
-    move |e| SyncError::db(context, e)
 }

@@ -325,16 +325,21 @@ impl Running {
     }
 }
 
-/// `calendar_sync_reconnects_total` of `m`.
-pub fn reconnects(m: &Metrics) -> u64 {
+/// The value of the unlabelled metric `name` on `m` (0 before it is set).
+pub fn metric(m: &Metrics, name: &str) -> f64 {
     m.render()
         .lines()
         .find_map(|l| {
-            l.strip_prefix(RECONNECTS_TOTAL)
+            l.strip_prefix(name)
                 .filter(|rest| rest.starts_with(' '))
                 .and_then(|rest| rest.trim().parse::<f64>().ok())
         })
-        .map_or(0, |v| v as u64)
+        .unwrap_or(0.0)
+}
+
+/// `calendar_sync_reconnects_total` of `m`.
+pub fn reconnects(m: &Metrics) -> u64 {
+    metric(m, RECONNECTS_TOTAL) as u64
 }
 
 /// Waits (bounded) for the in-process consumer to end and returns its fatal
