@@ -27,6 +27,10 @@ const SOURCE_MIGRATIONS: &[Migration] = &[
         name: "source/0002_echo_transactions",
         sql: include_str!("../migrations/source/0002_echo_transactions.sql"),
     },
+    Migration {
+        name: "source/0003_echo_key",
+        sql: include_str!("../migrations/source/0003_echo_key.sql"),
+    },
 ];
 
 const TARGET_MIGRATIONS: &[Migration] = &[

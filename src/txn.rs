@@ -9,11 +9,12 @@
 //! # Own transactions
 //!
 //! calendar-sync's own transactions start with the echo marker (a transactional
-//! logical message, see `apply`), but any role may emit that message, so the
-//! marker alone decides nothing. A marker that arrives before any change asks
-//! for a check ([`Marker::Verify`]): the runner looks the Begin xid up in
-//! `calendar_sync_echo`, which only calendar-sync may write, and reports the
-//! answer ([`Framer::verified`]); only then is the transaction ignored. Since
+//! logical message, see `crate::echo`), but any role may emit that message, so
+//! the marker's presence decides nothing. A marker that arrives before any
+//! change asks for a check ([`Marker::Verify`]): the runner checks that its
+//! content is the MAC of the Begin xid under calendar-sync's key
+//! (`echo::EchoKey::proves`, no IO) and reports the answer
+//! ([`Framer::verified`]); only then is the transaction ignored. Since
 //! that happens before any change, an own transaction never has a change
 //! applied. A marker after a change ([`Marker::Late`]) is never ours (ours is
 //! always the first statement), so the transaction applies whole, the changes
@@ -38,8 +39,8 @@ pub struct OpenTxn {
     pub changed: bool,
     /// An echo marker arrived (only the first one counts).
     pub marked: bool,
-    /// Verified as calendar-sync's own (marker first, xid in
-    /// `calendar_sync_echo`); its changes are ignored.
+    /// Verified as calendar-sync's own (marker first, its content the MAC of
+    /// the xid); its changes are ignored.
     pub own: bool,
 }
 

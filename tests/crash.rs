@@ -33,7 +33,6 @@ fn spawn_killed_consumer(source: &TestDb, target: &TestDb, slot: &str) -> Child 
         .env("TARGET_DATABASE_URL", &target.url)
         .env("CALENDAR_SYNC_SLOT", slot)
         .env("CALENDAR_SYNC_PUBLICATION", &source.name)
-        .env("CALENDAR_SYNC_WRITE_SYNCED_AT", "false")
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
@@ -140,11 +139,10 @@ async fn kill_9_at_random_instants_ends_with_the_same_calendar_as_an_uninterrupt
         .expect("existing rows");
     let slot_a = format!("{}_a", source.name);
     let slot_b = format!("{}_b", source.name);
-    // No calendar_synced_at stamps: each consumer's stamps bump updated_at (the
-    // CRM's trigger), so the two snapshots, taken at different moments, would
-    // copy different updated_at values. Echo handling is tested in echo.rs.
+    // The CRM's real shape: stamps on (the default), an updated_at trigger
+    // (clock_timestamp(), crm_schema.sql). Both consumers stamp the same
+    // rows; neither stamp may reach the other's calendar, or this one's.
     let mut cfg_b = source.config();
-    cfg_b.write_synced_at = false;
     cfg_b.slot = slot_b.clone();
     cfg_b.target_url = Some(calendar_sync::config::SecretUrl::new(target_b.url.clone()));
     let mut cfg_a = cfg_b.clone();
@@ -212,6 +210,7 @@ async fn kill_9_at_random_instants_ends_with_the_same_calendar_as_an_uninterrupt
         .barrier_within(&target_b.client, &slot_b, catch_up)
         .await;
     kill9(&mut a);
+    let reference_metrics = reference.metrics.clone();
     reference.stop().await.expect("reference stops cleanly");
 
     let (events_a, events_b) = (
@@ -252,6 +251,50 @@ async fn kill_9_at_random_instants_ends_with_the_same_calendar_as_an_uninterrupt
             .await,
         0
     );
+    // Stamped, and no stamp came back: no marker rejected by either, and
+    // every event shows the updated_at its interaction has (no stamp set the
+    // CRM's trigger off, none was applied as a change).
+    assert!(
+        source
+            .count("select count(*) from interaction where calendar_synced_at is not null")
+            .await
+            > 1000,
+        "the consumers stamped"
+    );
+    assert_eq!(reference_metrics.echo_rejected_count(), 0);
+    let log = std::fs::read_to_string(
+        std::env::temp_dir().join(format!("calendar-sync-crash-{slot_a}.log")),
+    )
+    .unwrap_or_default();
+    assert!(
+        !log.contains("is not calendar-sync's"),
+        "the killed consumer took a stamp for a CRM change"
+    );
+    let source_updated: std::collections::HashMap<String, String> = source
+        .client
+        .query(
+            "select interaction_id::text, updated_at::text from interaction",
+            &[],
+        )
+        .await
+        .expect("interactions")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    for r in target_a
+        .client
+        .query(
+            "select related_id::text, updated_at::text from calendar_events",
+            &[],
+        )
+        .await
+        .expect("events")
+    {
+        let (id, updated): (String, String) = (r.get(0), r.get(1));
+        if let Some(s) = source_updated.get(&id) {
+            assert_eq!(&updated, s, "event {id}: updated_at (seed {seed})");
+        }
+    }
     eprintln!(
         "crash test: {kills} kills survived, {} events and {} log rows identical",
         events_a.len(),

@@ -261,49 +261,15 @@ async fn two_consumers_on_one_database_never_echo_each_other() {
     rb.stop().await.expect("clean stop b");
 }
 
-/// The echo check's SQL on its own: the 32-bit Begin xid finds exactly the
-/// transaction that wrote the row, and pruning keeps every row a logical slot
-/// of the database may still need (its `restart_lsn` at or below the row's
-/// `lsn`) and deletes only rows below every slot.
+/// The marker statement and the stream's check agree: the message a real
+/// transaction emits with `echo::MARKER` (read back through a pgoutput slot)
+/// is proven by `EchoKey` for that transaction's Begin xid, and for no other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_echo_check_finds_only_our_xid_and_prunes_behind_every_slot() {
-    use calendar_sync::stream::echo::EchoCheck;
+async fn the_marker_the_server_emits_is_proven_by_the_key_for_its_xid_only() {
+    use calendar_sync::echo::{EchoKey, MARKER, PREFIX};
     let db = TestDb::crm().await;
     db.migrate().await;
-    let check = EchoCheck::prepare(&db.client).await.expect("prepare");
-    db.client.batch_execute("begin").await.expect("begin");
-    let row = db
-        .client
-        .query_one(
-            calendar_sync::apply::sql::ECHO_MARKER,
-            &[&"calendar_sync.echo", &"test"],
-        )
-        .await
-        .expect("marker");
-    db.client.batch_execute("commit").await.expect("commit");
-    let xid: i64 = row.get::<_, String>(0).parse().expect("xid8 as text");
-    let low = (xid % (1 << 32)) as u32;
-    assert!(check.is_ours(&db.client, low).await.expect("lookup"));
-    assert!(!check
-        .is_ours(&db.client, low.wrapping_add(1))
-        .await
-        .expect("lookup"));
-    assert!(!check
-        .is_ours(&db.client, low.wrapping_sub(1))
-        .await
-        .expect("lookup"));
-    // The row's lsn is the marker's: at or below the WAL position now.
-    let now = pg_current_lsn(&db.client).await;
-    assert_eq!(
-        db.count(&format!(
-            "select count(*) from calendar_sync_echo where lsn <= '{now}'::pg_lsn"
-        ))
-        .await,
-        1
-    );
-
-    // No logical slot in this database: nothing is pruned.
-    assert_eq!(check.prune(&db.client).await.expect("prune"), 0);
+    let key = EchoKey::load(&db.client).await.expect("key");
     db.client
         .execute(
             "select pg_create_logical_replication_slot($1, 'pgoutput')",
@@ -311,24 +277,51 @@ async fn the_echo_check_finds_only_our_xid_and_prunes_behind_every_slot() {
         )
         .await
         .expect("slot");
+    // Flushed at commit: the SQL decoding functions read flushed WAL only.
     db.client
-        .batch_execute(
-            "insert into calendar_sync_echo (xid, slot, lsn) values ('1', 'old', '0/1'), ('2', 'new', 'FFFFFFFF/0')",
+        .batch_execute("begin; set local synchronous_commit = local")
+        .await
+        .expect("begin");
+    let emitted = db.client.query(MARKER, &[&PREFIX]).await.expect("marker");
+    assert_eq!(emitted.len(), 1, "one message");
+    db.client.batch_execute("commit").await.expect("commit");
+    let frames: Vec<Vec<u8>> = db
+        .client
+        .query(
+            "select data from pg_logical_slot_peek_binary_changes($1::text::name, null, null,
+                 'proto_version', '1', 'publication_names', $1::text, 'messages', 'true')",
+            &[&db.name],
         )
         .await
-        .expect("rows");
-    // The slot's restart_lsn is past the old row and the marked transaction
-    // (it committed before the slot existed), not past the new row.
-    assert_eq!(check.prune(&db.client).await.expect("prune"), 2);
-    let left: Vec<String> = db
-        .client
-        .query("select slot from calendar_sync_echo", &[])
-        .await
-        .expect("rows")
+        .expect("peek")
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(left, ["new"]);
+    // Begin: 'B', final LSN (8), commit time (8), xid (4).
+    let begin = frames
+        .iter()
+        .find(|f| f.first() == Some(&b'B'))
+        .expect("a Begin");
+    let xid = u32::from_be_bytes(begin[17..21].try_into().expect("4 bytes"));
+    // Message: 'M', flags (1), LSN (8), prefix\0, length (4), content.
+    let message = frames
+        .iter()
+        .find(|f| f.first() == Some(&b'M'))
+        .expect("a Message");
+    assert_eq!(message[1], 1, "transactional");
+    let prefix_end = 10
+        + message[10..]
+            .iter()
+            .position(|b| *b == 0)
+            .expect("prefix end");
+    assert_eq!(&message[10..prefix_end], PREFIX.as_bytes());
+    let content = &message[prefix_end + 5..];
+    assert_eq!(content.len(), 32, "a SHA-256");
+    assert!(key.proves(xid, content), "the stream recognises it");
+    assert!(
+        !key.proves(xid.wrapping_add(1), content),
+        "not another transaction's"
+    );
     db.client
         .execute("select pg_drop_replication_slot($1)", &[&db.name])
         .await

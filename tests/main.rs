@@ -12,6 +12,7 @@ mod edge_paths;
 mod failures;
 mod fatal;
 mod idle;
+mod live_crm;
 mod mapping;
 mod ops;
 mod pg_version;

@@ -6,10 +6,10 @@
 //!
 //! Each change is a row read now ([`CurrentState::Read`], pushed as the
 //! stream would push it, names and all) or an interaction gone from the
-//! source ([`CurrentState::Gone`], its event deleted). A gone interaction's
-//! delete carries a source WAL insert position read after its deletion
-//! committed, so, like a row read now, it is refused by the regression guard
-//! only where the event already shows a later state (see `current`).
+//! source ([`CurrentState::Gone`], its event deleted). Every change carries
+//! the caller's position (see `current` and [`crate::visibility`]), so it is
+//! refused by the regression guard only where the event already shows a
+//! later state.
 
 use std::collections::HashSet;
 
@@ -54,29 +54,23 @@ impl CurrentState {
 impl Writer {
     /// Writes `changes` as one batch of `kind` (one target transaction) and
     /// commits it; on an error the batch is rolled back and the error
-    /// returned. A [`CurrentState::Gone`] is deleted at `gone_at`, or, when
-    /// `None`, at the source's WAL insert position read once, when the first
-    /// of them is reached (after the rows before it were pushed).
+    /// returned. A [`CurrentState::Gone`] is deleted at `at`, the position
+    /// the caller read at.
     pub(crate) async fn apply_batch(
         &mut self,
         kind: BatchKind,
         changes: Vec<CurrentState>,
-        gone_at: Option<Lsn>,
+        at: Lsn,
         now: DateTime<Utc>,
     ) -> Result<(), SyncError> {
         self.begin(kind);
         let result = async {
-            let mut gone_at = gone_at;
             for change in changes {
                 match change {
                     CurrentState::Read(c) => self.push_current(c, now).await?,
                     CurrentState::Gone(id) => {
-                        let lsn = match gone_at {
-                            Some(lsn) => lsn,
-                            None => *gone_at.insert(self.source_wal_position().await?),
-                        };
                         self.push_row(RowChange {
-                            lsn,
+                            lsn: at,
                             ts: now,
                             id,
                             row: None,

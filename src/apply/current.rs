@@ -1,16 +1,15 @@
 //! An interaction's *current* state, read from the source together with its
-//! participants' names and the source WAL insert position, for the writers
-//! that do not come from the stream: the retry worker and `reconcile`.
+//! participants' names, for the writers that do not come from the stream:
+//! the retry worker and `reconcile`.
 //!
 //! The names read with the row override the names table for the batch, so an
 //! event is built field for field as the stream builds it (issue 9, point 1).
-//! The writes carry the WAL insert position read with the row as their LSN: it
-//! is at or after the commit of every state the statement saw, so an older
-//! change still in the stream is refused by the regression guard instead of
-//! walking the event back (issue 9, point 7), and a newer one wins.
+//! The writes carry the position the caller read at ([`crate::visibility`]):
+//! every source transaction up to it was visible to the read, so the
+//! stream's changes at or below it are already in the state read, and those
+//! above it win over it.
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::types::PgLsn;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -34,19 +33,18 @@ pub struct Current {
     /// Display names of its customer and contact (contract §3).
     pub customer_name: Option<String>,
     pub contact_name: Option<String>,
-    /// Source WAL insert position when the row was read.
+    /// The position its writes carry: every source transaction committed at
+    /// or before it was visible to the read (see [`crate::visibility`]).
     pub read_at: Lsn,
 }
 
 impl Current {
-    /// From a row selected with [`sql::current_with_names`].
-    pub fn from_row(r: &Row) -> Result<Current, SyncError> {
+    /// From a row selected with [`sql::current_with_names`], read where
+    /// every source transaction up to `at` was visible.
+    pub fn from_row(r: &Row, at: Lsn) -> Result<Current, SyncError> {
         let id: Uuid = r
             .try_get("interaction_id")
             .map_err(db("reading interaction_id"))?;
-        let at: PgLsn = r
-            .try_get("read_at")
-            .map_err(db("reading the WAL position"))?;
         let synced_at = r
             .try_get("synced_at")
             .map_err(db("reading interaction.calendar_synced_at"))?;
@@ -61,7 +59,7 @@ impl Current {
                 text("p_last").as_deref(),
                 text("p_email").as_deref(),
             ),
-            read_at: Lsn::from(at),
+            read_at: at,
         })
     }
 
@@ -73,14 +71,16 @@ impl Current {
 
 impl Writer {
     /// Reads the current state of `ids` from the source (ids that are gone
-    /// are simply absent). With `lock`, the rows are read `for share`: a
-    /// transaction still writing one of them (its commit record may already
-    /// be below the position read) is waited for and its state read instead.
+    /// are simply absent); the caller has made sure every transaction up to
+    /// `at` is visible ([`crate::visibility`]). With `lock`, the rows are
+    /// read `for share`: a transaction still writing one of them is waited
+    /// for and its state read instead.
     pub(crate) async fn read_current(
         &self,
         ids: &[Uuid],
         participants: &ParticipantSchema,
         lock: bool,
+        at: Lsn,
     ) -> Result<Vec<Current>, SyncError> {
         let which = if lock {
             sql::CurrentOf::IdsLocked
@@ -95,7 +95,7 @@ impl Writer {
             )
             .await
             .map_err(db("reading the interactions' current state"))?;
-        rows.iter().map(Current::from_row).collect()
+        rows.iter().map(|r| Current::from_row(r, at)).collect()
     }
 
     /// Pushes `c` into the open batch as a change at its read position,

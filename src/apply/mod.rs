@@ -36,15 +36,18 @@
 //! change: the walsender decodes our own transactions without a
 //! subtransaction storm.
 //!
-//! # Echo
+//! # Echo and stamps
 //!
-//! Writing `interaction.calendar_synced_at` feeds the stream back to itself. Every
-//! transaction of ours that writes to the source starts with [`sql::ECHO_MARKER`]:
-//! a transactional logical message (`pg_logical_emit_message(true, ECHO_PREFIX,
-//! slot)`) and our transaction id in `calendar_sync_echo`, in one statement.
-//! The stream ignores a transaction only when it carries the message first and
-//! its id is in that table (`stream::echo`): any role may emit the message, but
-//! only calendar-sync's may write the table.
+//! Writing `interaction.calendar_synced_at` feeds the stream back to itself.
+//! The [`stamper`] writes it after each batch's target commit, in short
+//! transactions that start with the echo marker (`crate::echo`), which the
+//! stream recognises from the stream alone.
+//!
+//! # Reads of the source
+//!
+//! The writer reads the source for TOAST-unchanged descriptions and retries;
+//! both first wait until what the stream delivered is visible
+//! ([`crate::visibility`], whose [`Pending`] the writer owns).
 
 pub(crate) mod apply_batch;
 mod current;
@@ -70,6 +73,7 @@ use crate::error::SyncError;
 use crate::lsn::Lsn;
 use crate::mapping::Action;
 use crate::metrics::{Metrics, Status};
+use crate::visibility::Pending;
 pub use current::Current;
 pub use plan::RowChange;
 pub use retry::retry_due_once;
@@ -77,9 +81,6 @@ pub use retry::retry_due_once;
 /// How long a one-shot command or a clean stop waits for the stamps of
 /// committed batches ([`Writer::settle_stamps`]).
 pub const STAMPS_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Prefix of the transactional logical message that marks our own transactions.
-pub const ECHO_PREFIX: &str = "calendar_sync.echo";
 
 /// What a batch is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +153,11 @@ pub struct Writer {
     metrics: Metrics,
     /// `calendar_synced_at` (when configured): see [`stamper`].
     stamper: Option<stamper::Stamper>,
+    /// Delivered source transactions not yet known visible (stream only).
+    pending: Pending,
+    /// End of the last stream batch committed: every source transaction up
+    /// to it is applied (the position a retry's writes carry).
+    applied_through: Lsn,
 }
 
 fn db(context: &'static str) -> impl Fn(tokio_postgres::Error) -> SyncError {
@@ -184,15 +190,15 @@ impl Writer {
             tz: cfg.timezone,
             limits: cfg.batch,
             batch: None,
-            stamper: cfg.write_synced_at.then(|| {
-                stamper::Stamper::start(
-                    cfg.source_url.clone(),
-                    cfg.limits(),
-                    cfg.slot.clone(),
-                    metrics.clone(),
-                )
-            }),
+            stamper: stamper::Stamper::start(
+                cfg.source_url.clone(),
+                cfg.limits(),
+                cfg.write_synced_at,
+            )
+            .await?,
             metrics,
+            pending: Pending::new(),
+            applied_through: Lsn::ZERO,
         })
     }
 
@@ -338,16 +344,22 @@ impl Writer {
         };
         if !b.open {
             // Nothing was written: nothing needs to be durable.
+            if let (BatchKind::Stream, Some((end_lsn, _))) = (b.kind, end) {
+                self.applied_through = self.applied_through.max(end_lsn);
+            }
             return Ok(end.map(|e| e.0));
         }
         if let Err(e) = self.write_progress_and_commit(end).await {
             if let Some(s) = self.stamper.as_mut() {
-                s.rollback().await;
+                s.rollback();
             }
             return Err(e);
         }
         if let Some(s) = self.stamper.as_mut() {
             s.commit().await;
+        }
+        if let (BatchKind::Stream, Some((end_lsn, _))) = (b.kind, end) {
+            self.applied_through = self.applied_through.max(end_lsn);
         }
         for (a, action) in Action::ALL.iter().enumerate() {
             for (s, status) in [Status::Success, Status::Failed].iter().enumerate() {
@@ -401,8 +413,15 @@ impl Writer {
             }
         }
         if let Some(s) = self.stamper.as_mut() {
-            s.rollback().await;
+            s.rollback();
         }
+    }
+
+    /// The stream's delivered transactions not yet known visible (see
+    /// [`crate::visibility`]): the runner records Begins and bounds its
+    /// acknowledgements with it.
+    pub fn pending(&mut self) -> &mut Pending {
+        &mut self.pending
     }
 
     /// Waits (at most `within`) until the stamps of committed batches are

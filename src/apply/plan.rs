@@ -242,7 +242,19 @@ pub fn plan(changes: &[RowChange], known: &Known, window: chrono::Duration, tz: 
         };
         let row = match &c.row {
             None => {
-                // DELETE: a true hard delete of the event, if there is one.
+                // DELETE: a true hard delete of the event, if there is one,
+                // unless the event was written from a later position (a
+                // reconcile delete at its settled position must not remove
+                // an event the stream created after it; the stream's own
+                // deletes always come after the event's last change).
+                if cur
+                    .now
+                    .as_ref()
+                    .is_some_and(|e| e.source_lsn.is_some_and(|l| l > c.lsn))
+                {
+                    refused += 1;
+                    continue;
+                }
                 if let Some(e) = cur.now.take() {
                     log.push(LogRow {
                         interaction_id: c.id,

@@ -193,25 +193,14 @@ const FORGET_EVENT_LSNS: &str = "update calendar_events set source_lsn = null
 ///
 /// By `ctid`s of primary-key probes that took the row lock (see the module
 /// docs): the CRM may have created `interaction` empty and imported later.
+/// Runs right after [`crate::echo::MARKER`] in its transaction; writes
+/// nothing when the echo key is missing (the marker then emitted nothing, and
+/// an unmarked stamp would come back as a CRM change).
 pub const MARK_SYNCED: &str = "update interaction i set calendar_synced_at = now()
    from (select x.tid from unnest($1::uuid[]) as k(id) cross join lateral (
              select ctid as tid from interaction where interaction_id = k.id
               limit 1 for update skip locked) as x) as x
-  where i.ctid = x.tid";
-
-/// Marks the current transaction as calendar-sync's own (`$1` the prefix, `$2`
-/// the slot), in one statement: the transactional logical message the stream
-/// sees, and this transaction's id in `calendar_sync_echo`, which only
-/// calendar-sync's role may write (migrations/source/0002). The stream ignores
-/// a transaction only when both are there (`stream::echo`).
-///
-/// Must be the transaction's first statement: the stream takes a marker that
-/// follows a change for a forgery (calendar-sync's never do), and the row's
-/// `lsn` (the message's, so at the start of the transaction) is what pruning
-/// compares with the slots' `restart_lsn`. Returns the xid (text).
-pub const ECHO_MARKER: &str = "insert into calendar_sync_echo (xid, slot, lsn)
-     values (pg_current_xact_id(), $2::text, pg_logical_emit_message(true, $1::text, $2::text))
-     returning xid::text";
+  where i.ctid = x.tid and exists (select from calendar_sync_echo_key)";
 
 /// Live descriptions of `$1 uuid[]` (TOAST, see `apply::plan`).
 const SELECT_DESCRIPTIONS: &str =
@@ -320,8 +309,7 @@ pub fn current_with_names(p: &ParticipantSchema, which: CurrentOf) -> String {
     };
     format!(
         "select {cols}, i.calendar_synced_at as synced_at, cu.{cname}::text as p_customer,
-                co.{first}::text as p_first, co.{last}::text as p_last, co.{email}::text as p_email,
-                pg_current_wal_insert_lsn() as read_at
+                co.{first}::text as p_first, co.{last}::text as p_last, co.{email}::text as p_email
            from interaction i
            left join {customer} cu on cu.{cid} = i.customer_id
            left join {contact} co on co.{tid} = i.contact_id

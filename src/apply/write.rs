@@ -13,8 +13,13 @@ use super::plan::{self, FailureRow, Known, LogRow, Plan, Planned, RowChange};
 use super::{db, sql, BatchKind, Writer};
 use crate::changes::Party;
 use crate::error::{classify_pg, describe_pg, ErrorClass, SyncError};
+use crate::lsn::Lsn;
 use crate::mapping::Action;
 use crate::metrics::Status;
+
+/// How long a read of the source waits for what the stream delivered to
+/// become visible before the session is restarted (see `decide`).
+const READ_VISIBLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How a chunk's write ended.
 enum Outcome {
@@ -44,7 +49,7 @@ impl Writer {
                 Outcome::Written(mut plan) => {
                     self.account(&plan);
                     if let Some(s) = self.stamper.as_mut() {
-                        s.stamp(std::mem::take(&mut plan.stamps)).await;
+                        s.hold(std::mem::take(&mut plan.stamps));
                     }
                     known.absorb(plan);
                 }
@@ -141,24 +146,39 @@ impl Writer {
     }
 
     /// Plans `part`, reading live descriptions when the plan asks for them.
-    async fn decide(&self, part: &[RowChange], known: &mut Known) -> Result<Plan, SyncError> {
+    ///
+    /// The read waits until every source transaction delivered up to the
+    /// chunk's last change is visible ([`crate::visibility`]): it never sees
+    /// the row as it was before a change the stream delivered. A row still
+    /// not found then was deleted by a later transaction (its delete follows
+    /// in the stream and removes the event): the event's description is kept
+    /// meanwhile, never replaced by NULL.
+    async fn decide(&mut self, part: &[RowChange], known: &mut Known) -> Result<Plan, SyncError> {
         loop {
             match plan::plan(part, known, self.window, self.tz) {
                 Planned::Done(plan) => return Ok(plan),
                 Planned::NeedDescriptions(ids) => {
+                    let upto = part.iter().map(|c| c.lsn).max().unwrap_or(Lsn::ZERO);
+                    self.pending
+                        .require_through(&self.source, upto, READ_VISIBLE_WITHIN)
+                        .await?;
                     let rows = self
                         .source
                         .query(&self.s.select_descriptions, &[&ids])
                         .await
                         .map_err(db("reading descriptions from the source (TOAST)"))?;
-                    for id in ids {
-                        known.descriptions.entry(id).or_insert(None);
-                    }
                     for r in &rows {
                         let id: Uuid = r.try_get(0).map_err(db("reading a description"))?;
                         let d: Option<String> =
                             r.try_get(1).map_err(db("reading a description"))?;
                         known.descriptions.insert(id, d);
+                    }
+                    for id in ids {
+                        let kept = known
+                            .events
+                            .get(&id)
+                            .and_then(|e| e.fields.description.clone());
+                        known.descriptions.entry(id).or_insert(kept);
                     }
                 }
             }

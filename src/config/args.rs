@@ -188,9 +188,11 @@ pub struct SyncArgs {
     )]
     pub liveness_secs: u64,
 
-    /// Write interaction.calendar_synced_at after each successful sync.
-    #[arg(long, env = "CALENDAR_SYNC_WRITE_SYNCED_AT", help_heading = "Sync", default_value_t = true, action = clap::ArgAction::Set)]
-    pub write_synced_at: bool,
+    /// Write interaction.calendar_synced_at after each successful sync:
+    /// `auto` (only where the stamp sets off none of the CRM's triggers),
+    /// `true` (always, even where triggers fire on it), `false`.
+    #[arg(long, env = "CALENDAR_SYNC_WRITE_SYNCED_AT", help_heading = "Sync", default_value = "auto", value_parser = super::Stamping::parse)]
+    pub write_synced_at: super::Stamping,
 
     /// Seconds between standby status updates sent to the server.
     #[arg(
@@ -245,7 +247,7 @@ impl Default for SyncArgs {
             timezone: "UTC".into(),
             http_addr: None,
             liveness_secs: crate::metrics::DEFAULT_LIVENESS.as_secs(),
-            write_synced_at: true,
+            write_synced_at: super::Stamping::Auto,
             status_interval_secs: 1,
             batch_changes: BatchLimits::default().max_changes,
             batch_bytes: BatchLimits::default().max_bytes,

@@ -108,7 +108,8 @@ pub struct Config {
     pub http_addr: Option<SocketAddr>,
     /// See `CALENDAR_SYNC_LIVENESS_SECS`.
     pub liveness: Duration,
-    pub write_synced_at: bool,
+    /// `interaction.calendar_synced_at` stamps (`CALENDAR_SYNC_WRITE_SYNCED_AT`).
+    pub write_synced_at: Stamping,
     pub status_interval: Duration,
     pub batch: BatchLimits,
     /// PostgreSQL `lock_timeout` of every SQL session of `run`.
@@ -117,6 +118,34 @@ pub struct Config {
     pub statement_timeout: Duration,
     /// `run --resync`: start over from a missing or lost slot (issue 8).
     pub resync: bool,
+}
+
+/// When `interaction.calendar_synced_at` is written (decision 52).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stamping {
+    /// Only where the stamp sets off none of the CRM's triggers: the role may
+    /// set `session_replication_role = replica` and no trigger of
+    /// `interaction` is enabled `ALWAYS` or `REPLICA`, or `interaction` has
+    /// no trigger that fires on an update at all. Otherwise no stamps.
+    Auto,
+    /// Always; where triggers fire on the stamp, their side effects (an
+    /// `updated_at` bump) land in the CRM row.
+    On,
+    Off,
+}
+
+impl Stamping {
+    /// `auto`, `true`/`on`, `false`/`off`.
+    pub fn parse(s: &str) -> Result<Stamping, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Stamping::Auto),
+            "true" | "on" => Ok(Stamping::On),
+            "false" | "off" => Ok(Stamping::Off),
+            other => Err(format!(
+                "expected auto, true or false, got {other:?} (auto: stamp only where it sets off none of the CRM's triggers)"
+            )),
+        }
+    }
 }
 
 /// Invalid configuration: says which setting and what is expected.

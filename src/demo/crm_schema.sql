@@ -1,6 +1,8 @@
 -- The CRM that calendar-sync starts from (calendar-sync-design.md, "Existing
 -- Tables"): users, customer, contact, interaction, and the BEFORE UPDATE trigger
--- that bumps updated_at, as CRMs commonly have. Used by the demo and the tests.
+-- that bumps updated_at, as CRMs commonly have (with clock_timestamp(), the
+-- harder case for the stamp: the bump lands after the stamp transaction's
+-- now()). Used by the demo and the tests.
 create table users (
     user_id uuid primary key default gen_random_uuid(),
     email   varchar(255) not null
@@ -45,7 +47,7 @@ create table interaction (
 
 create function crm_set_updated_at() returns trigger language plpgsql as $$
 begin
-    new.updated_at := now();
+    new.updated_at := clock_timestamp();
     return new;
 end
 $$;

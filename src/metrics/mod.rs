@@ -37,6 +37,7 @@ pub const BACKOFF_ACTIVE: &str = "calendar_sync_backoff_active";
 pub const STREAMING: &str = "calendar_sync_streaming";
 pub const SAVEPOINTS_TOTAL: &str = "calendar_sync_savepoints_total";
 pub const SNAPSHOT_ROWS_TOTAL: &str = "calendar_sync_snapshot_rows_total";
+pub const ECHO_REJECTED_TOTAL: &str = "calendar_sync_echo_markers_rejected_total";
 pub const PHASE: &str = "calendar_sync_phase";
 pub const LAST_SERVER_MESSAGE_AGE: &str = "calendar_sync_last_server_message_age_seconds";
 
@@ -81,6 +82,7 @@ struct Inner {
     streaming: IntGauge,
     savepoints: IntCounter,
     snapshot_rows: IntCounter,
+    echo_rejected: IntCounter,
     /// Set from the flags below when rendered.
     phase: IntGaugeVec,
     /// Set from `last_server_message` when rendered.
@@ -158,6 +160,11 @@ impl Metrics {
             "Interaction rows copied by initial snapshots",
         )
         .expect("static metric definition");
+        let echo_rejected = IntCounter::new(
+            ECHO_REJECTED_TOTAL,
+            "Transactions that carried calendar-sync's echo marker without proving it theirs (applied like any other)",
+        )
+        .expect("static metric definition");
         let phase = IntGaugeVec::new(
             Opts::new(
                 PHASE,
@@ -174,6 +181,7 @@ impl Metrics {
         for c in [
             Box::new(actions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(snapshot_rows.clone()),
+            Box::new(echo_rejected.clone()),
             Box::new(phase.clone()),
             Box::new(last_server_message_age.clone()),
             Box::new(savepoints.clone()),
@@ -212,6 +220,7 @@ impl Metrics {
                 streaming,
                 savepoints,
                 snapshot_rows,
+                echo_rejected,
                 phase,
                 last_server_message_age,
                 is_streaming: AtomicBool::new(false),
@@ -245,6 +254,15 @@ impl Metrics {
     /// A savepoint was set in a target transaction.
     pub fn savepoint(&self) {
         self.inner.savepoints.inc();
+    }
+
+    /// A marked transaction was not proven calendar-sync's.
+    pub fn echo_rejected(&self) {
+        self.inner.echo_rejected.inc();
+    }
+
+    pub fn echo_rejected_count(&self) -> u64 {
+        self.inner.echo_rejected.get()
     }
 
     pub fn savepoint_count(&self) -> u64 {

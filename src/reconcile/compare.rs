@@ -20,10 +20,16 @@ pub enum Verdict {
     Invalid,
 }
 
+/// How long after our stamp's `now()` a trigger's `clock_timestamp()` bump
+/// may land (the stamp is one short statement; decision 52).
+pub const STAMP_BUMP_WINDOW: chrono::Duration = chrono::Duration::seconds(1);
+
 /// The stamp rule (see the module docs): the interaction's `updated_at` is not
-/// newer than our stamp, so a difference in it is the stamp's trigger bump.
+/// newer than our stamp (give or take [`STAMP_BUMP_WINDOW`]), so a difference
+/// in it is the stamp's trigger bump. Only where triggers fire on the stamp
+/// (`CALENDAR_SYNC_WRITE_SYNCED_AT=true` against them); by default none does.
 pub fn stamp_bump_only(row: &InteractionRow, synced_at: Option<DateTime<Utc>>) -> bool {
-    matches!((row.updated_at, synced_at), (Some(u), Some(s)) if u <= s)
+    matches!((row.updated_at, synced_at), (Some(u), Some(s)) if u <= s + STAMP_BUMP_WINDOW)
 }
 
 /// PURE: the fields of `stored` that differ from `expected`.
@@ -179,7 +185,10 @@ mod tests {
         stored.updated_at = Some(t0() - chrono::Duration::minutes(1));
         c.synced_at = Some(t0());
         assert_eq!(judged(&c, Some(&stored)), Verdict::Fine);
-        c.synced_at = Some(t0() - chrono::Duration::seconds(1));
+        // A clock_timestamp() trigger lands just after the stamp's now().
+        c.synced_at = Some(t0() - chrono::Duration::milliseconds(3));
+        assert_eq!(judged(&c, Some(&stored)), Verdict::Fine);
+        c.synced_at = Some(t0() - chrono::Duration::seconds(2));
         assert_eq!(
             judged(&c, Some(&stored)),
             Verdict::Drifted(vec!["updated_at"])

@@ -1,7 +1,8 @@
 //! Extra events: interaction events whose interaction is gone from the
 //! source, found in keyset pages of the events' `related_id`s checked against
 //! the source (so it works with a separate target), checked again after
-//! [`settle`] while a stream runs, and deleted through the writer.
+//! after a settled position (see [`settle`]), and deleted through the writer
+//! at that position.
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -11,14 +12,19 @@ use uuid::Uuid;
 
 use super::repair::delete_events_of;
 use super::{db, settle, PAGE, PROGRESS_EVERY};
+use crate::apply::event::event_from_row;
 use crate::apply::{sql, Writer};
 use crate::config::Config;
 use crate::error::SyncError;
+use crate::visibility;
 
 /// Interaction events whose interaction is gone, in keyset pages of their
 /// `related_id`s checked against the source (works with a separate target);
 /// deleted through `writer` when given. Returns (events read, extra).
-/// With `slot`, candidates are checked again after [`settle`].
+/// Candidates are checked again after a settled position `W` (with `slot`,
+/// also applied by the stream that runs it: [`settle`]): an interaction
+/// absent then is gone, unless its event was written from above `W` (its
+/// insert may not be visible yet: left for the next run).
 pub(super) async fn extra_events(
     source: &Client,
     target: &Client,
@@ -60,23 +66,32 @@ pub(super) async fn extra_events(
         read += ids.len() as u64;
         let present = existing_of(source, &existing, &ids).await?;
         let mut gone: Vec<Uuid> = ids.into_iter().filter(|id| !present.contains(id)).collect();
-        if let (Some(slot), false) = (slot, gone.is_empty()) {
-            // A delete still in the stream is not drift (see `settle`).
-            settle(source, slot).await?;
-            let back = existing_of(source, &existing, &gone).await?;
-            let still: HashSet<Uuid> = target
-                .query(&peek, &[&gone])
-                .await
-                .map_err(db("reading events"))?
-                .iter()
-                .map(|r| r.try_get("related_id"))
-                .collect::<Result<_, _>>()
-                .map_err(db("reading calendar_events.related_id"))?;
-            gone.retain(|id| !back.contains(id) && still.contains(id));
+        if gone.is_empty() {
+            continue;
         }
+        let at = match slot {
+            Some(slot) => settle(source, slot).await?,
+            None => visibility::settled_position(source, None, visibility::SETTLE_TIMEOUT).await?,
+        };
+        let back = existing_of(source, &existing, &gone).await?;
+        let mut still: HashSet<Uuid> = HashSet::new();
+        for r in &target
+            .query(&peek, &[&gone])
+            .await
+            .map_err(db("reading events"))?
+        {
+            let id: Uuid = r
+                .try_get("related_id")
+                .map_err(db("reading calendar_events.related_id"))?;
+            let e = event_from_row(r).map_err(db("reading an event"))?;
+            if e.source_lsn.is_none_or(|l| l <= at) {
+                still.insert(id);
+            }
+        }
+        gone.retain(|id| !back.contains(id) && still.contains(id));
         extra += gone.len() as u64;
         if let (Some(w), false) = (writer.as_deref_mut(), gone.is_empty()) {
-            delete_events_of(w, &gone).await?;
+            delete_events_of(w, &gone, at).await?;
         }
         if logged.elapsed() >= PROGRESS_EVERY {
             logged = Instant::now();

@@ -75,8 +75,10 @@ use crate::apply::{Current, Writer, STAMPS_AT_EXIT};
 use crate::config::Config;
 use crate::db;
 use crate::error::SyncError;
+use crate::lsn::Lsn;
 use crate::mapping::Action;
 use crate::metrics::{Metrics, Status};
+use crate::visibility;
 
 pub use compare::{differing_fields, judge, stamp_bump_only, Verdict};
 pub use extra::remove_extra_events;
@@ -165,9 +167,10 @@ pub async fn reconcile(cfg: &Config, dry_run: bool) -> Result<Report, SyncError>
             .try_get("interaction_id")
             .map_err(db("reading interaction_id"))?;
         report.interactions += rows.len() as u64;
+        // Judged only to find candidates: nothing is decided on this read.
         let page: Vec<Current> = rows
             .iter()
-            .map(Current::from_row)
+            .map(|r| Current::from_row(r, Lsn::ZERO))
             .collect::<Result<_, _>>()?;
         let events = peek_events(&target, &peek, &page).await?;
         let now = Utc::now();
@@ -186,14 +189,14 @@ pub async fn reconcile(cfg: &Config, dry_run: bool) -> Result<Report, SyncError>
         }
         // Drift the running stream is about to fix is not drift: let it
         // apply what was committed before this point, then look again.
-        settle(&source, &cfg.slot).await?;
+        let at = settle(&source, &cfg.slot).await?;
         let rows = source
             .query(&by_ids, &[&candidates])
             .await
             .map_err(db("reading interactions again"))?;
         let page: Vec<Current> = rows
             .iter()
-            .map(Current::from_row)
+            .map(|r| Current::from_row(r, at))
             .collect::<Result<_, _>>()?;
         let events = peek_events(&target, &peek, &page).await?;
         let now = Utc::now();
@@ -217,7 +220,7 @@ pub async fn reconcile(cfg: &Config, dry_run: bool) -> Result<Report, SyncError>
         }
         if let Some(w) = writer.as_mut() {
             if !repair.is_empty() {
-                repair_page(w, cfg, &repair, &events).await?;
+                repair_page(w, cfg, &repair, &events, at).await?;
             }
         }
         if logged.elapsed() >= PROGRESS_EVERY {
@@ -278,44 +281,12 @@ async fn peek_events(
     Ok(events)
 }
 
-/// How long [`settle`] waits for a running stream.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// When a `run` is streaming this slot, waits until it has confirmed the
-/// source's current WAL position: every transaction committed before now is
-/// applied (an idle slot follows the WAL within seconds, contract §6). Returns
-/// at once when the slot is missing or inactive (nothing else writes), and
-/// after [`SETTLE_TIMEOUT`] with a warning (a lagging stream: what is reported
-/// may include changes still in flight, which the regression guard orders).
-async fn settle(source: &Client, slot: &str) -> Result<(), SyncError> {
-    let deadline = Instant::now() + SETTLE_TIMEOUT;
-    let wal: tokio_postgres::types::PgLsn = source
-        .query_one("select pg_current_wal_insert_lsn()", &[])
-        .await
-        .map_err(db("reading the source WAL position"))?
-        .try_get(0)
-        .map_err(db("reading the source WAL position"))?;
-    loop {
-        let waiting = source
-            .query_opt(
-                "select active and (confirmed_flush_lsn is null or confirmed_flush_lsn < $2)
-                   from pg_replication_slots where slot_name = $1",
-                &[&slot, &wal],
-            )
-            .await
-            .map_err(db("reading pg_replication_slots"))?
-            .map(|r| r.try_get::<_, Option<bool>>(0))
-            .transpose()
-            .map_err(db("reading pg_replication_slots"))?
-            .flatten()
-            .unwrap_or(false);
-        if !waiting {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            tracing::warn!(slot, waited_s = SETTLE_TIMEOUT.as_secs(), "the running stream has not caught up: drift reported now may include changes still in flight");
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// A position `W` such that every source transaction committed at or before
+/// it is visible to the reads that follow and, while `run` streams `slot`,
+/// applied by it ([`visibility::settled_position`]). Drift the running stream
+/// is about to fix is then not drift, and a change committed but not yet
+/// visible is never mistaken for drift (issue 13): candidates are read again
+/// after it, and their repairs carry `W`.
+async fn settle(source: &Client, slot: &str) -> Result<Lsn, SyncError> {
+    visibility::settled_position(source, Some(slot), visibility::SETTLE_TIMEOUT).await
 }

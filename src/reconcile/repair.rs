@@ -14,6 +14,7 @@ use crate::apply::plan::StoredEvent;
 use crate::apply::{BatchKind, Writer};
 use crate::config::Config;
 use crate::error::SyncError;
+use crate::lsn::Lsn;
 
 /// Repairs interactions `ids` of one page from their current state, read
 /// again `for share` (see the module docs), in one target transaction.
@@ -22,8 +23,9 @@ pub(super) async fn repair_page(
     cfg: &Config,
     ids: &[Uuid],
     events: &HashMap<Uuid, StoredEvent>,
+    at: Lsn,
 ) -> Result<(), SyncError> {
-    let mut fresh = w.read_current(ids, &cfg.participants, true).await?;
+    let mut fresh = w.read_current(ids, &cfg.participants, true, at).await?;
     let now = Utc::now();
     for c in &mut fresh {
         let synced_at = c.synced_at;
@@ -33,19 +35,21 @@ pub(super) async fn repair_page(
             }
         }
     }
-    // Deleted since the page was read: its event goes too, at the WAL
-    // position read after the rows were pushed.
+    // Deleted since the page was read: its event goes too (at `at`: not an
+    // event the stream wrote from a later position).
     let changes = CurrentState::of(ids, fresh);
-    w.apply_batch(BatchKind::Reconcile, changes, None, now)
-        .await
+    w.apply_batch(BatchKind::Reconcile, changes, at, now).await
 }
 
 /// Deletes the events of interactions `gone` through the writer (delete log
-/// rows), in one target transaction.
-pub(super) async fn delete_events_of(w: &mut Writer, gone: &[Uuid]) -> Result<(), SyncError> {
-    let lsn = w.source_wal_position().await?;
+/// rows), in one target transaction, at `at`: an event the stream wrote from
+/// a later position stays (the regression guard).
+pub(super) async fn delete_events_of(
+    w: &mut Writer,
+    gone: &[Uuid],
+    at: Lsn,
+) -> Result<(), SyncError> {
     let now = Utc::now();
     let changes = gone.iter().map(|id| CurrentState::Gone(*id)).collect();
-    w.apply_batch(BatchKind::Reconcile, changes, Some(lsn), now)
-        .await
+    w.apply_batch(BatchKind::Reconcile, changes, at, now).await
 }

@@ -14,6 +14,11 @@
 //!   same reasoning is in Materialize's `replication.rs` and pg_walstream's
 //!   `stream.rs`.
 //!
+//! None of these passes a delivered transaction that other sessions cannot
+//! see yet (`visibility::Pending::ack_bound`): the slot's confirmed position
+//! names only transactions applied *and* visible, which `reconcile` relies
+//! on (issue 13).
+//!
 //! Each of these is reported only after a publication check that began after
 //! the LSN was received has passed (`release_acks`, at every tick between
 //! transactions and at a clean stop). A table leaving the publication
@@ -29,16 +34,16 @@ use chrono::{DateTime, TimeZone, Utc};
 use pgwire_replication::{ReplicationClient, ReplicationEvent};
 use tokio::sync::watch;
 
-use crate::apply::{BatchKind, Writer, ECHO_PREFIX};
+use crate::apply::{BatchKind, Writer};
 use crate::changes::{RelationCache, StreamError};
 use crate::config::Config;
 use crate::db;
+use crate::echo::{self, EchoKey};
 use crate::error::SyncError;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::pgoutput::{self, Message};
 use crate::stream::client;
-use crate::stream::echo::EchoCheck;
 use crate::txn::{Framer, Marker};
 
 /// Set to `true` to stop: the loop rolls back an open batch, sends a final
@@ -137,7 +142,7 @@ async fn session(
     let plan = client::plan(&cfg.slot, stored, slot.as_ref())?;
     let server_has = slot.as_ref().and_then(|s| s.confirmed_flush);
     let mut writer = Writer::new(cfg, target, lookups, metrics.clone()).await?;
-    let echo = EchoCheck::prepare(&source).await?;
+    let echo = EchoKey::load(&source).await?;
 
     let (mut repl, progress) = match plan {
         client::StartPlan::Resume { progress } => {
@@ -253,9 +258,9 @@ struct Streamer<'a> {
     cfg: &'a Config,
     repl: ReplicationClient,
     writer: Writer,
-    /// For periodic checks of the publication and the echo check.
+    /// For periodic checks of the publication and of visibility.
     source: tokio_postgres::Client,
-    echo: EchoCheck,
+    echo: EchoKey,
     metrics: Metrics,
     /// End LSN of the last source transaction applied (or known to need nothing).
     progress: Lsn,
@@ -389,7 +394,9 @@ impl Streamer<'_> {
     /// what may be reported after a publication check (also run now and then
     /// when there is nothing to report).
     async fn tick(&mut self, check_publication: bool) -> Result<(), SyncError> {
-        self.writer.retry_due(&self.cfg.participants).await?;
+        self.writer
+            .retry_due(&self.cfg.participants, self.progress)
+            .await?;
         self.metrics
             .set_pending_failures(self.writer.pending_failures().await?);
         let wal_end = Lsn::from(self.repl.metrics().last_wal_end());
@@ -403,12 +410,6 @@ impl Streamer<'_> {
             self.release_acks().await?;
         } else if check_publication {
             client::check_publication(&self.source, self.cfg, self.relations.tracked()).await?;
-        }
-        if check_publication {
-            let pruned = self.echo.prune(&self.source).await?;
-            if pruned > 0 {
-                tracing::debug!(rows = pruned, "pruned calendar_sync_echo");
-            }
         }
         Ok(())
     }
@@ -430,15 +431,23 @@ impl Streamer<'_> {
                         self.progress,
                     )
                     .map_err(|e| fatal_stream(&e))?;
-                if !t.replay {
+                let replay = t.replay;
+                // Every delivered transaction, ours and replays included:
+                // acknowledgements and reads of the source wait until it is
+                // visible (crate::visibility).
+                self.writer
+                    .pending()
+                    .delivered(xid, Lsn::from(final_lsn), self.progress);
+                if !replay {
                     self.writer.begin(BatchKind::Stream);
                 }
             }
             ReplicationEvent::Message {
                 transactional: true,
                 prefix,
+                content,
                 ..
-            } if prefix == ECHO_PREFIX => self.echo_marker().await?,
+            } if prefix == echo::PREFIX => self.echo_marker(&content),
             ReplicationEvent::Message { .. } => {}
             ReplicationEvent::XLogData { data, .. } => {
                 let msg = pgoutput::parse(&data).map_err(|e| fatal_stream(&e))?;
@@ -504,24 +513,25 @@ impl Streamer<'_> {
         Ok(())
     }
 
-    /// The echo marker: the transaction is ignored only if it is verified as
-    /// calendar-sync's (see `txn` and `stream::echo`).
-    async fn echo_marker(&mut self) -> Result<(), SyncError> {
+    /// The echo marker: the transaction is ignored only if its content proves
+    /// it calendar-sync's (see `txn` and `echo`).
+    fn echo_marker(&mut self, content: &[u8]) {
         let commit_lsn = self.framer.current().map_or(Lsn::ZERO, |t| t.final_lsn);
         match self.framer.marker() {
             Marker::Verify { xid } => {
-                let own = self.echo.is_ours(&self.source, xid).await?;
+                let own = self.echo.proves(xid, content);
                 self.framer.verified(own);
                 if !own {
-                    tracing::warn!(xid, %commit_lsn, "a transaction carried calendar-sync's echo marker but is not calendar-sync's (its id is not in calendar_sync_echo): applied like any other; some session calls pg_logical_emit_message with the prefix calendar_sync.echo");
+                    self.metrics.echo_rejected();
+                    tracing::warn!(xid, %commit_lsn, "a transaction carried calendar-sync's echo marker but is not calendar-sync's (its content does not prove it: wrong key or xid): applied like any other; some session calls pg_logical_emit_message with the prefix calendar_sync.echo");
                 }
             }
             Marker::Late { xid } => {
+                self.metrics.echo_rejected();
                 tracing::warn!(xid, %commit_lsn, "a transaction carried calendar-sync's echo marker but is not calendar-sync's (the marker followed its changes; ours is always first): applied like any other; some session calls pg_logical_emit_message with the prefix calendar_sync.echo");
             }
             Marker::Ignore => {}
         }
-        Ok(())
     }
 
     /// Marks `lsn` as safe to report as flushed; `release_acks` reports it
@@ -533,11 +543,19 @@ impl Streamer<'_> {
     /// Reports what `ack` marked, once the publication check, begun after all
     /// of it was received, has passed.
     async fn release_acks(&mut self) -> Result<(), SyncError> {
-        let upto = self.ackable;
-        if upto <= self.acked {
+        if self.ackable <= self.acked {
             return Ok(());
         }
         self.released_at = std::time::Instant::now();
+        let pending = self.writer.pending();
+        pending.refresh(&self.source).await?;
+        let upto = pending.ack_bound(self.ackable);
+        if let Some((xid, lsn, held)) = pending.overdue() {
+            tracing::warn!(xid, commit_lsn = %lsn, held_s = held.as_secs(), "a streamed transaction is applied but still not visible to other sessions (its commit waits for a synchronous standby? see pg_stat_activity wait_event SyncRep): the slot's confirmed position waits for it");
+        }
+        if upto <= self.acked {
+            return Ok(());
+        }
         client::check_publication(&self.source, self.cfg, self.relations.tracked()).await?;
         self.acked = upto;
         self.repl.update_applied_lsn(upto.into());
