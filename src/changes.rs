@@ -88,6 +88,11 @@ pub enum StreamError {
         tracked: RelationId,
         found: RelationId,
     },
+    /// The old key of a DELETE, or of an UPDATE of the replica identity
+    /// columns, lacks the id: the table's replica identity did not hold it
+    /// when the change was written (issue 13).
+    #[error("{table}.{column} is not in the old key of a DELETE (or of an UPDATE of the replica identity columns): PostgreSQL logs only the table's replica identity columns there, and when this change was written they did not include {column}")]
+    NoKey { table: String, column: String },
     #[error("{table}.{column}: expected {expected} in a key, got {found:?}")]
     BadKey {
         table: String,
@@ -258,7 +263,7 @@ impl RelationCache {
                 TableMap::Interaction(cols) => {
                     let new = upsert(cols, &u.new)?;
                     let old_id = match &u.old {
-                        Some(OldTuple::Key(t) | OldTuple::Full(t)) => Some(key(cols, t)?),
+                        Some(OldTuple::Key(t) | OldTuple::Full(t)) => Some(old_key(cols, t)?),
                         None => None,
                     };
                     match (old_id, &new) {
@@ -297,7 +302,7 @@ impl RelationCache {
                 };
                 match self.table(d.relation_id)? {
                     TableMap::Interaction(cols) => Ok(vec![SourceChange::InteractionDelete {
-                        id: key(cols, old)?,
+                        id: old_key(cols, old)?,
                     }]),
                     TableMap::Party {
                         party,
@@ -305,9 +310,17 @@ impl RelationCache {
                         table,
                         id_column,
                         ..
-                    } => Ok(vec![party_change(
-                        *party, old, *id, None, table, id_column,
-                    )?]),
+                    } => {
+                        if matches!(old.0.get(*id), None | Some(TupleValue::Null)) {
+                            return Err(StreamError::NoKey {
+                                table: table.clone(),
+                                column: id_column.clone(),
+                            });
+                        }
+                        Ok(vec![party_change(
+                            *party, old, *id, None, table, id_column,
+                        )?])
+                    }
                     TableMap::Other => Ok(vec![]),
                 }
             }
@@ -326,11 +339,27 @@ impl RelationCache {
 }
 
 fn key(cols: &InteractionColumns, t: &Tuple) -> Result<Uuid, StreamError> {
-    cols.key(t).map_err(|e| StreamError::BadKey {
+    cols.key(t).map_err(bad_key)
+}
+
+fn bad_key(e: RowError) -> StreamError {
+    StreamError::BadKey {
         table: "interaction".into(),
         column: "interaction_id".into(),
         expected: "a UUID",
         found: e.to_string(),
+    }
+}
+
+/// [`key`] of an old tuple, which holds only the replica identity columns
+/// unless the identity is FULL: a NULL id means the identity lacked it.
+fn old_key(cols: &InteractionColumns, t: &Tuple) -> Result<Uuid, StreamError> {
+    cols.key(t).map_err(|e| match e {
+        RowError::Null { .. } => StreamError::NoKey {
+            table: "interaction".into(),
+            column: "interaction_id".into(),
+        },
+        e => bad_key(e),
     })
 }
 

@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::db::{self, quote_ident};
 use crate::error::SyncError;
 use crate::mapping::interaction::MAPPED_COLUMNS;
+use crate::stream::preflight::check_identity_keys;
 
 struct Migration {
     name: &'static str,
@@ -209,6 +210,10 @@ async fn apply(client: &Client, migrations: &[Migration]) -> Result<Vec<&'static
 /// enter the stream. customer and contact publish only their id and name
 /// columns.
 async fn ensure_publication(source: &Client, cfg: &Config) -> Result<bool, SyncError> {
+    // Also when the publication exists: an identity that does not hold a
+    // table's id column stops `run` at the first DELETE (issue 13), whenever
+    // it was set, so every deploy's `migrate` looks again.
+    check_identity_keys(source, cfg).await?;
     let exists = source
         .query_opt(
             "select 1 from pg_publication where pubname = $1",

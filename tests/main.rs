@@ -21,6 +21,7 @@ mod process;
 mod reconcile;
 mod recovery;
 mod relations;
+mod replica_identity;
 mod schema_change;
 mod secrets;
 mod slot_lock;

@@ -196,6 +196,46 @@ fn unknown_relations_and_bad_keys_are_errors() {
     ));
 }
 
+/// An old key holds only the replica identity columns: one without the id
+/// (an identity index that lacks it, issue 13) is `NoKey`, not a bad value.
+#[test]
+fn an_old_key_without_the_id_is_no_key() {
+    // Identity (subject, interaction_date): everything else NULL.
+    let keyless: Vec<TupleValue> = interaction_values(ID)
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| match i {
+            3 | 4 => v,
+            _ => TupleValue::Null,
+        })
+        .collect();
+    let no_key = Err(StreamError::NoKey {
+        table: "interaction".into(),
+        column: "interaction_id".into(),
+    });
+    assert_eq!(changes(b::delete(10, b'K', &keyless)), no_key);
+    assert_eq!(
+        changes(b::update(
+            10,
+            Some((b'K', &keyless)),
+            &interaction_values(ID)
+        )),
+        no_key
+    );
+    assert_eq!(
+        changes(b::delete(11, b'K', &[TupleValue::Null, b::text("Acme")])),
+        Err(StreamError::NoKey {
+            table: "customer".into(),
+            column: "customer_id".into(),
+        })
+    );
+    // A NULL id in a new tuple stays a bad key.
+    assert!(matches!(
+        changes(b::insert(10, &keyless)),
+        Err(StreamError::BadKey { .. })
+    ));
+}
+
 #[test]
 fn a_tracked_table_under_another_name_is_still_ours() {
     // A replay after `ALTER TABLE interaction RENAME TO ..` names the table

@@ -6,6 +6,7 @@ use crate::changes::{TableId, TrackedTables};
 use crate::config::Config;
 use crate::db::quote_ident;
 use crate::error::SyncError;
+use crate::mapping::interaction::MAPPED_COLUMNS;
 use tokio_postgres::Client;
 
 /// Checks what the server must offer before a slot can stream, so that each
@@ -54,7 +55,89 @@ pub async fn preflight(source: &Client, cfg: &Config) -> Result<TrackedTables, S
     }
     let tracked = resolve_tables(source, cfg).await?;
     check_publication(source, cfg, &tracked).await?;
+    check_identity_keys(source, cfg).await?;
     Ok(tracked)
+}
+
+/// Each tracked table with the column that identifies its rows: what a
+/// DELETE's old key must carry for calendar-sync to know the deleted row.
+fn id_columns(cfg: &Config) -> [(&str, &str); 3] {
+    let p = &cfg.participants;
+    [
+        ("interaction", MAPPED_COLUMNS[0]),
+        (p.customer_table.as_str(), p.customer_id.as_str()),
+        (p.contact_table.as_str(), p.contact_id.as_str()),
+    ]
+}
+
+/// The replica identity of each tracked table holds its id column (issue 13).
+/// A DELETE, and an UPDATE that changes an identity column, is logged with an
+/// old key of the identity's key columns only (`REPLICA IDENTITY DEFAULT`: the
+/// primary key; `USING INDEX`: that index's key columns, not its INCLUDE
+/// ones). Without the id column that key cannot say which row it was, and the
+/// stream would stop at the first such change. Run by `migrate` and at start,
+/// before any slot work.
+///
+/// Only that is judged here: FULL holds every column; NOTHING, or no primary
+/// key, sends no old key at all (PostgreSQL then refuses the CRM's UPDATEs and
+/// DELETEs of a published table, which `migrate` refuses up front). A missing
+/// table or id column is reported by the checks that look for them.
+pub async fn check_identity_keys(source: &Client, cfg: &Config) -> Result<(), SyncError> {
+    for (table, id) in id_columns(cfg) {
+        check_identity_key(source, table, id).await?;
+    }
+    Ok(())
+}
+
+async fn check_identity_key(source: &Client, table: &str, id: &str) -> Result<(), SyncError> {
+    let row = source
+        .query_opt(
+            "select c.relreplident::text, ci.relname::text,
+                    array(select a.attname::text
+                            from unnest(i.indkey::int2[]) with ordinality k(attnum, n)
+                            join pg_attribute a on a.attrelid = c.oid and a.attnum = k.attnum
+                           where k.n <= i.indnkeyatts
+                           order by k.n),
+                    exists (select 1 from pg_attribute a
+                             where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+                               and a.attname::text = $2)
+               from pg_class c
+               left join pg_index i
+                      on i.indrelid = c.oid
+                     and ((c.relreplident = 'd' and i.indisprimary)
+                          or (c.relreplident = 'i' and i.indisreplident))
+               left join pg_class ci on ci.oid = i.indexrelid
+              where c.oid = to_regclass($1)",
+            &[&quote_ident(table), &id],
+        )
+        .await
+        .map_err(|e| SyncError::db(format!("reading the replica identity of {table}"), e))?;
+    let Some(row) = row else {
+        return Ok(());
+    };
+    let (kind, index, key, has_id): (String, Option<String>, Vec<String>, bool) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    let Some(index) = index.filter(|_| has_id && !key.iter().any(|c| c == id)) else {
+        return Ok(());
+    };
+    let (identity, way_out) = if kind == "d" {
+        (
+            format!("its primary key {index}"),
+            format!("make {id} the primary key of {table}, or ALTER TABLE {table} REPLICA IDENTITY USING INDEX <a unique index whose key columns include {id}>"),
+        )
+    } else {
+        (
+            format!("index {index}"),
+            format!("ALTER TABLE {table} REPLICA IDENTITY DEFAULT (the primary key on {id}), or REPLICA IDENTITY USING INDEX <a unique index whose key columns include {id}>"),
+        )
+    };
+    Err(SyncError::fatal(
+        format!(
+            "the replica identity of {table} is {identity} ({}), which does not hold {id}: PostgreSQL logs a DELETE of {table} (and an UPDATE of those columns) with only these columns as its old key, from which calendar-sync cannot tell which row it was",
+            key.join(", ")
+        ),
+        way_out,
+    ))
 }
 
 /// The configured table names, each with what stops working without it.

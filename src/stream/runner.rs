@@ -277,10 +277,12 @@ struct Streamer<'a> {
     last_commit_ts: Option<DateTime<Utc>>,
 }
 
-/// A schema the mapping cannot take. Logical decoding reads every change with
-/// the table definition it was written under, so restoring the column does not
-/// make the already-written transactions readable: the way out is a new slot
-/// and snapshot.
+/// A schema the mapping cannot take, or an old key without the id (a replica
+/// identity that lacked it, issue 13). Logical decoding reads every change
+/// with the table definition it was written under, and an old key is written
+/// with the identity of that moment, so restoring the column or the identity
+/// does not make the already-written transactions readable: the way out is a
+/// new slot and snapshot.
 fn fatal_schema(e: &StreamError, slot: &str) -> SyncError {
     match e {
         StreamError::Replaced { name, .. } => SyncError::fatal(
@@ -293,6 +295,12 @@ fn fatal_schema(e: &StreamError, slot: &str) -> SyncError {
             format!("replication stream: {e}"),
             format!(
                 "nothing of this transaction was applied and progress did not move, but it will arrive in this shape on every replay: restore the column, then drop the slot (select pg_drop_replication_slot('{slot}')) and `delete from calendar_sync_progress where slot_name = '{slot}'` in the target, and start again to take a new snapshot"
+            ),
+        ),
+        StreamError::NoKey { table, column } => SyncError::fatal(
+            format!("replication stream: {e}"),
+            format!(
+                "nothing of this transaction was applied, but the change stays in the WAL without {column} and arrives so on every replay: make the replica identity of {table} hold {column} again (ALTER TABLE {table} REPLICA IDENTITY DEFAULT, with the primary key on {column}), then drop the slot (select pg_drop_replication_slot('{slot}')) and run `calendar-sync run --resync` once: it takes a new snapshot, then removes the events of interactions deleted meanwhile"
             ),
         ),
         other => fatal_stream(other),
