@@ -10,16 +10,34 @@
 //! hyper parses and writes HTTP; what is ours is the routing ([`respond`])
 //! and what one client may hold, because the listener is reachable by
 //! whatever can reach the task ([`Limits`]):
-//! - at most [`MAX_CONNECTIONS`] connections are served at once. Beyond
-//!   that the server stops accepting, so a new connection waits in the
-//!   kernel's listen backlog until a slot frees, and is then served with the
-//!   request it sent meanwhile. Waiting rather than refusing: the ECS health
-//!   check may be one of those connections, and a refused check is a failed
-//!   one (3 in a row restart the task), while a slot held by an idle client
-//!   frees within [`HEAD_TIMEOUT`] (3 s, under the check's 5 s) and any slot
-//!   within [`CONNECTION_TIMEOUT`], whatever its client does. The backlog
-//!   holds 128 (tokio's `bind` asks for what std does); beyond that Linux
-//!   drops the connection attempt and the client retries its SYN;
+//! - at most [`MAX_CONNECTIONS`] connections are served at once. When all
+//!   slots are taken, one more connection is accepted, and the connection
+//!   that has waited longest for its request head is closed to make room
+//!   for it, once it has had [`EVICTION_GRACE`] (0.1 s) to send it. A
+//!   connection whose head is in is being answered and is never closed for
+//!   another (a moment: the answers, a few KiB, fit in the socket buffers;
+//!   at most [`CONNECTION_TIMEOUT`]); while all are, the new one waits.
+//!   So an idle connection keeps its slot only while nobody else wants it,
+//!   however fast its client reopens it: a health check, which sends its
+//!   request at once, is let in within 0.1 s per [`MAX_CONNECTIONS`]
+//!   connections queued ahead of it (0.3 s behind a full backlog), not one
+//!   [`HEAD_TIMEOUT`] per slot's worth, and is not closed once its head is
+//!   in. Evicting, rather than keeping slots for connections that have sent
+//!   their head (a head is only known once read, in a slot) or admitting
+//!   only after a short head deadline (an idle client would still hold a
+//!   slot that long each time, and a slow one would be cut off even when
+//!   nobody else wants its slot). The grace also bounds the churn a flood
+//!   causes (at most 640 evictions a second), and a slot is given out again
+//!   only once the evicted connection's task has ended, so tasks and
+//!   sockets stay bounded;
+//! - beyond that one, connections wait in the kernel's listen backlog and
+//!   are then served with the request they sent meanwhile. Waiting rather
+//!   than refusing: the ECS health check may be one of them, and a refused
+//!   check is a failed one (3 in a row restart the task). The backlog holds
+//!   128 (tokio's `bind` asks for what std does); beyond that Linux drops
+//!   the connection attempt and the client retries its SYN a second later,
+//!   so a client keeping more than 64 + 128 connections coming can still
+//!   delay a check (the backlog's limit, not the cap's);
 //! - one request per connection, answered with `Connection: close` as
 //!   before: the clients (Prometheus every 15 s or more, the `healthcheck`
 //!   subcommand) gain nothing from keep-alive, and a kept-alive idle
@@ -32,14 +50,18 @@
 //!   on a client that does not read its answer).
 //!
 //! Each connection runs in its own task, kept in a [`JoinSet`] whose size is
-//! the slot count; a failing connection is logged at debug and never stops
-//! the server. On shutdown the listener is dropped and every connection
+//! the slot count; its service marks the slot once hyper has the request
+//! head. A failing connection is logged at debug and never stops the
+//! server. On shutdown the listener is dropped and every connection
 //! still open is aborted (an answer cut short is one scrape or health check
 //! lost while the process is stopping anyway).
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -51,16 +73,16 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::{sleep_until, Instant};
 
 use crate::metrics::Metrics;
 
-/// Connections served at once; the next waits in the listen backlog.
+/// Connections served at once; beyond it, one more is accepted and waits
+/// (see [`EVICTION_GRACE`]), the rest in the listen backlog.
 const MAX_CONNECTIONS: usize = 64;
 /// Longest the client may take, from being accepted, to send the request
-/// head. Shorter than the ECS health check's 5 s timeout
-/// (deploy/ecs-task-definition.json), so a check waiting behind a full cap
-/// of idle connections is still answered in time.
+/// head while no other connection wants its slot (else [`EVICTION_GRACE`]).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest a connection lives: the head within [`HEAD_TIMEOUT`], then at
 /// least 5 s to take the response.
@@ -68,6 +90,13 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(8);
 /// Largest accepted request head, request line and headers included
 /// (hyper's read buffer; 8 KiB is also its smallest).
 const MAX_HEAD: usize = 8 * 1024;
+/// Least time a connection without its request head keeps its slot when
+/// the cap is full and another connection waits: far more than a client
+/// that sends its request at once needs (microseconds over loopback, one
+/// round trip at most over the network), short enough that a flood of
+/// idle connections still lets [`MAX_CONNECTIONS`] / 0.1 s = 640 new
+/// connections a second in.
+const EVICTION_GRACE: Duration = Duration::from_millis(100);
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop
 /// doesn't spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
@@ -100,6 +129,9 @@ struct Limits {
     head: Duration,
     /// From accept to the last byte of the response.
     connection: Duration,
+    /// Least time a connection without its request head keeps its slot
+    /// against a connection waiting for one.
+    grace: Duration,
 }
 
 impl Limits {
@@ -107,6 +139,7 @@ impl Limits {
         connections: MAX_CONNECTIONS,
         head: HEAD_TIMEOUT,
         connection: CONNECTION_TIMEOUT,
+        grace: EVICTION_GRACE,
     };
 }
 
@@ -121,9 +154,47 @@ async fn serve_with(
         .header_read_timeout(limits.head)
         .keep_alive(false)
         .max_buf_size(MAX_HEAD);
+    // An evicted connection counts until its task has ended, so there are
+    // never more tasks (or sockets) than slots.
     let mut connections = JoinSet::new();
+    // The connections served, oldest first; an evicted one leaves at once.
+    let mut slots: VecDeque<Slot> = VecDeque::new();
+    // Accepted while every slot was taken, served as soon as one frees.
+    let mut waiting: Option<(TcpStream, SocketAddr)> = None;
     if !*shutdown.borrow_and_update() {
         loop {
+            // When the oldest connection without a head has had its grace.
+            let mut evict_at = None;
+            if let Some((stream, peer)) = waiting.take() {
+                if connections.len() < limits.connections {
+                    let head = Arc::new(AtomicBool::new(false));
+                    let conn = connection(
+                        stream,
+                        &http,
+                        metrics.clone(),
+                        Arc::clone(&head),
+                        limits.connection,
+                    );
+                    let abort = connections.spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(%peer, error = %e, "http connection failed");
+                        }
+                    });
+                    slots.push_back(Slot {
+                        peer,
+                        since: Instant::now(),
+                        head,
+                        abort,
+                    });
+                } else {
+                    // One eviction at a time: none is under way while every
+                    // task counted is still a slot.
+                    if connections.len() == slots.len() {
+                        evict_at = evict(&mut slots, limits.grace);
+                    }
+                    waiting = Some((stream, peer));
+                }
+            }
             tokio::select! {
                 biased;
                 changed = shutdown.changed() => {
@@ -131,24 +202,23 @@ async fn serve_with(
                         break;
                     }
                 }
-                // Reaped before accepting, so `len` counts live connections.
-                Some(joined) = connections.join_next(), if !connections.is_empty() => {
+                // Reaped before accepting, so `len` counts running tasks.
+                Some(joined) = connections.join_next_with_id(), if !connections.is_empty() => {
+                    let id = match &joined {
+                        Ok((id, ())) => *id,
+                        Err(e) => e.id(),
+                    };
+                    slots.retain(|slot| slot.abort.id() != id);
                     if let Err(e) = joined {
                         if e.is_panic() {
                             tracing::warn!(error = %e, "http connection task panicked");
                         }
                     }
                 }
-                accepted = listener.accept(), if connections.len() < limits.connections => {
+                () = sleep_until(evict_at.unwrap_or_else(Instant::now)), if evict_at.is_some() => {}
+                accepted = listener.accept(), if waiting.is_none() => {
                     match accepted {
-                        Ok((stream, peer)) => {
-                            let conn = connection(stream, &http, metrics.clone(), limits.connection);
-                            connections.spawn(async move {
-                                if let Err(e) = conn.await {
-                                    tracing::debug!(%peer, error = %e, "http connection failed");
-                                }
-                            });
-                        }
+                        Ok(accepted) => waiting = Some(accepted),
                         Err(e) => {
                             tracing::debug!(error = %e, "http accept failed");
                             tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
@@ -159,20 +229,52 @@ async fn serve_with(
         }
     }
     drop(listener);
+    drop(waiting);
     connections.abort_all();
     while connections.join_next().await.is_some() {}
     tracing::debug!("http server stopped");
     Ok(())
 }
 
-/// Serves one connection (one request), for at most `limit`.
+/// A connection being served.
+struct Slot {
+    peer: SocketAddr,
+    /// When it was accepted into the slot.
+    since: Instant,
+    /// Set once hyper has the whole request head.
+    head: Arc<AtomicBool>,
+    abort: AbortHandle,
+}
+
+/// Closes the connection that has waited longest for its request head (the
+/// one that has had the most time to send it) if it has had `grace`, else
+/// returns when it will have; `None` also when every connection has its
+/// head: those are being answered, and are left alone.
+fn evict(slots: &mut VecDeque<Slot>, grace: Duration) -> Option<Instant> {
+    let oldest = slots
+        .iter()
+        .position(|slot| !slot.head.load(Ordering::Relaxed))?;
+    let at = slots[oldest].since + grace;
+    if at > Instant::now() {
+        return Some(at);
+    }
+    let slot = slots.remove(oldest)?;
+    slot.abort.abort();
+    tracing::debug!(peer = %slot.peer, "http connection without a request head closed for a new one");
+    None
+}
+
+/// Serves one connection (one request), for at most `limit`; sets `head`
+/// once the request head is in.
 fn connection(
     stream: TcpStream,
     http: &http1::Builder,
     metrics: Metrics,
+    head: Arc<AtomicBool>,
     limit: Duration,
 ) -> impl std::future::Future<Output = io::Result<()>> {
     let service = service_fn(move |req| {
+        head.store(true, Ordering::Relaxed);
         let response = respond(&req, &metrics);
         async move { Ok::<_, Infallible>(response) }
     });

@@ -5,6 +5,8 @@ use crate::metrics::{
     BACKOFF_ACTIVE, BACKOFF_SECONDS, PENDING_FAILURES, REPLICATION_LAG_BYTES,
     REPLICATION_LAG_SECONDS, STREAMING,
 };
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -81,6 +83,7 @@ fn limits(change: impl FnOnce(&mut Limits)) -> Limits {
         connections: 64,
         head: Duration::from_secs(60),
         connection: Duration::from_secs(60),
+        grace: Duration::from_secs(60),
     };
     change(&mut limits);
     limits
@@ -339,25 +342,140 @@ async fn shutdown_returns_and_aborts_open_connections() {
 }
 
 #[tokio::test]
-async fn connections_beyond_the_cap_wait_for_a_slot() {
-    let server = Server::start_with(limits(|l| l.connections = 2)).await;
-    let first = server.open(b"GET /hea").await;
-    let _second = server.open(b"GET /hea").await;
+async fn a_connection_beyond_the_cap_closes_the_oldest_still_without_a_head() {
+    // Before, the third waited for a head timeout (3 s).
+    let server = Server::start_with(Limits {
+        connections: 2,
+        ..Limits::DEFAULT
+    })
+    .await;
+    let mut first = server.open(b"GET /hea").await;
+    let mut second = server.open(b"").await;
+    let mut third = server
+        .open(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    // Once the first has had its grace.
+    let out = timeout(Duration::from_secs(1), closed(&mut third))
+        .await
+        .expect("answered within 1 s");
+    assert_eq!(Response::parse(&out, true).status, 200);
+    assert!(closed(&mut first).await.is_empty());
+    // The second keeps its slot (a bounded look for an absence: a close
+    // would come within milliseconds).
+    let mut out = Vec::new();
+    let early = timeout(Duration::from_millis(300), second.read_to_end(&mut out)).await;
+    assert!(early.is_err(), "second connection closed too");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connections_beyond_a_cap_of_answers_wait_for_a_slot() {
+    // A connection with its head keeps its slot beyond the grace.
+    let server = Server::start_with(Limits {
+        connections: 1,
+        ..Limits::DEFAULT
+    })
+    .await;
+    // An answer larger than the socket buffers of both ends.
+    let filler =
+        prometheus::IntGauge::new("test_filler", "x".repeat(8 << 20)).expect("test metric");
+    server
+        .metrics
+        .registry()
+        .register(Box::new(filler))
+        .expect("test metric");
+    // A small receive window, so the server's send buffer cannot grow to
+    // take the rest.
+    let socket = tokio::net::TcpSocket::new_v4().expect("test I/O");
+    socket.set_recv_buffer_size(4096).expect("test I/O");
+    let mut reader = socket.connect(server.addr).await.expect("test I/O");
+    reader
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("test I/O");
+    // The answer has begun: the request is in, the rest waits for us.
+    let mut start = [0; 12];
+    timeout(TEST_TIMEOUT, reader.read_exact(&mut start))
+        .await
+        .expect("answer begun")
+        .expect("test I/O");
+    assert_eq!(&start, b"HTTP/1.1 200");
     let mut waiting = server
         .open(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         .await;
     let mut out = Vec::new();
-    // Not answered while both slots are held (a bounded look for an
-    // absence: an answer would come within milliseconds).
+    // Not answered, and the answer under way not cut, while it holds the
+    // only slot (a bounded look for an absence).
     let early = timeout(Duration::from_millis(500), waiting.read_to_end(&mut out)).await;
     assert!(
         early.is_err(),
         "answered beyond the cap: {}",
         String::from_utf8_lossy(&out)
     );
-    drop(first);
+    let mut rest = start.to_vec();
+    timeout(TEST_TIMEOUT, reader.read_to_end(&mut rest))
+        .await
+        .expect("whole answer read")
+        .expect("test I/O");
+    let resp = Response::parse(&rest, true);
+    assert!(resp.body.len() > 8 << 20);
     let out = closed(&mut waiting).await;
     assert_eq!(Response::parse(&out, true).status, 200);
+    server.stop().await;
+}
+
+/// Opens `n` connections that send `sent` and wait, and keeps them open:
+/// each is reopened as soon as the server closes it. Returns once the first
+/// `n` are connected, with a count of the reopenings.
+async fn flood(addr: SocketAddr, n: usize, sent: &'static [u8]) -> (JoinSet<()>, Arc<AtomicUsize>) {
+    let reopened = Arc::new(AtomicUsize::new(0));
+    let mut clients = JoinSet::new();
+    for _ in 0..n {
+        let mut stream = TcpStream::connect(addr).await.expect("test I/O");
+        let reopened = Arc::clone(&reopened);
+        clients.spawn(async move {
+            loop {
+                if stream.write_all(sent).await.is_ok() {
+                    // Until the server closes (a reset is a close too).
+                    let _ = stream.read_to_end(&mut Vec::new()).await;
+                }
+                stream = loop {
+                    match TcpStream::connect(addr).await {
+                        Ok(stream) => break stream,
+                        Err(_) => tokio::task::yield_now().await,
+                    }
+                };
+                reopened.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    (clients, reopened)
+}
+
+#[tokio::test]
+async fn a_health_check_gets_through_a_cap_held_by_reconnecting_idle_clients() {
+    // Before, a check waited for a head timeout (3 s) behind the clients
+    // that connected first.
+    let server = Server::start_with(Limits {
+        connections: 8,
+        ..Limits::DEFAULT
+    })
+    .await;
+    // More idle clients than slots, half of them silent: the rest wait
+    // ahead of the check, and every client closed comes straight back.
+    let (mut silent, reopened) = flood(server.addr, 6, b"").await;
+    let (mut half, _) = flood(server.addr, 6, b"GET /hea").await;
+    for path in ["/healthz", "/readyz", "/healthz"] {
+        let resp = timeout(Duration::from_secs(1), server.get(path))
+            .await
+            .unwrap_or_else(|_| panic!("{path} not answered within 1 s"));
+        // (`/readyz` is 503: not streaming.)
+        assert_eq!(resp.status, if path == "/healthz" { 200 } else { 503 });
+    }
+    // The flood really was closed and came back meanwhile.
+    assert!(reopened.load(Ordering::Relaxed) > 0);
+    silent.abort_all();
+    half.abort_all();
     server.stop().await;
 }
 
@@ -368,12 +486,13 @@ async fn idle_connections_time_out_and_a_health_check_gets_through() {
         l.head = Duration::from_millis(300);
     }))
     .await;
-    // Idle connections, one silent and one with half a head, fill the cap.
+    // Idle connections, one silent and one with half a head, fill the cap
+    // and time out (nobody else wants their slots).
     let mut silent = server.open(b"").await;
     let mut half = server.open(b"GET /hea").await;
-    assert_eq!(server.get("/healthz").await.status, 200);
     assert!(closed(&mut silent).await.is_empty());
     assert!(closed(&mut half).await.is_empty());
+    assert_eq!(server.get("/healthz").await.status, 200);
     server.stop().await;
 }
 
