@@ -105,6 +105,11 @@ pub struct Status {
     pub wal_level: String,
     pub pending_failures: i64,
     pub oldest_failure: Option<OldestFailure>,
+    /// PostgreSQL 17+: the slot is a failover slot (`None` before 17 or
+    /// without a slot).
+    pub slot_failover: Option<bool>,
+    /// The primary's `synchronized_standby_slots` (`None`: empty or before 17).
+    pub synchronized_standby_slots: Option<String>,
 }
 
 /// Reads the source: slot, its holder, WAL figures, publication, wal_level.
@@ -121,7 +126,9 @@ select s.slot_name is not null,
        extract(epoch from r.flush_lag)::float8,
        exists (select 1 from pg_publication where pubname = $2),
        current_setting('wal_level'),
-       (select greatest(reltuples, 0)::bigint from pg_class where oid = to_regclass('interaction'))
+       (select greatest(reltuples, 0)::bigint from pg_class where oid = to_regclass('interaction')),
+       (to_jsonb(s) ->> 'failover')::boolean,
+       nullif(current_setting('synchronized_standby_slots', true), '')
   from (select 1) one
   left join pg_replication_slots s on s.slot_name = $1
   left join pg_stat_replication r on r.pid = s.active_pid";
@@ -241,6 +248,10 @@ pub async fn status(cfg: &Config, max_lag_seconds: u64) -> Result<Status, SyncEr
             None => 0,
         },
         oldest_failure,
+        slot_failover: s.try_get(13).map_err(db_err("reading the slot"))?,
+        synchronized_standby_slots: s
+            .try_get(14)
+            .map_err(db_err("reading synchronized_standby_slots"))?,
     };
     let (health, problems) = judge(&st);
     st.health = health;
@@ -285,6 +296,13 @@ pub fn judge(s: &Status) -> (Health, Vec<String>) {
             "replication slot {} is inactive: no calendar-sync is streaming (the server keeps WAL for it meanwhile)",
             s.slot
         ));
+    }
+    let failover = crate::stream::client::FailoverState {
+        failover: s.slot_failover,
+        synchronized_standby_slots: s.synchronized_standby_slots.clone(),
+    };
+    if let Some(w) = failover.warning() {
+        degraded.push(w);
     }
     if s.wal_status.as_deref() == Some("unreserved") {
         degraded.push("the slot's WAL is past max_slot_wal_keep_size (wal_status = unreserved): it is invalidated at the next checkpoint unless the consumer catches up".into());
@@ -365,6 +383,16 @@ impl std::fmt::Display for Status {
                     .map_or_else(|| "?".into(), |n| n.to_string())
             )?;
         }
+        writeln!(
+            f,
+            "failover slot    {}",
+            match (self.slot_failover, &self.synchronized_standby_slots) {
+                (None, _) => "- (PostgreSQL 17+)".to_string(),
+                (Some(false), _) => "no (CALENDAR_SYNC_SLOT_FAILOVER=false)".to_string(),
+                (Some(true), Some(slots)) => format!("yes (synchronized_standby_slots {slots})"),
+                (Some(true), None) => "yes (synchronized_standby_slots empty!)".to_string(),
+            }
+        )?;
         writeln!(f, "wal_status       {}", o(&self.wal_status))?;
         writeln!(f, "retained WAL     {}", b(self.retained_wal_bytes))?;
         writeln!(
@@ -451,6 +479,8 @@ mod tests {
             wal_level: "logical".into(),
             pending_failures: 0,
             oldest_failure: None,
+            slot_failover: None,
+            synchronized_standby_slots: None,
         }
     }
 

@@ -24,6 +24,7 @@ mod relations;
 mod replica_identity;
 mod schema_change;
 mod secrets;
+mod slot_failover;
 mod slot_lock;
 mod snapshot;
 mod status;

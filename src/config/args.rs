@@ -194,6 +194,12 @@ pub struct SyncArgs {
     #[arg(long, env = "CALENDAR_SYNC_WRITE_SYNCED_AT", help_heading = "Sync", default_value = "auto", value_parser = super::Stamping::parse)]
     pub write_synced_at: super::Stamping,
 
+    /// PostgreSQL 17+: make the slot a failover slot (synchronized to a
+    /// standby with sync_replication_slots = on), so that streaming goes on
+    /// after a promotion without an operator. An existing slot is altered.
+    #[arg(long, env = "CALENDAR_SYNC_SLOT_FAILOVER", help_heading = "Replication", default_value_t = false, action = clap::ArgAction::Set)]
+    pub slot_failover: bool,
+
     /// Seconds between standby status updates sent to the server.
     #[arg(
         long,
@@ -248,6 +254,7 @@ impl Default for SyncArgs {
             http_addr: None,
             liveness_secs: crate::metrics::DEFAULT_LIVENESS.as_secs(),
             write_synced_at: super::Stamping::Auto,
+            slot_failover: false,
             status_interval_secs: 1,
             batch_changes: BatchLimits::default().max_changes,
             batch_bytes: BatchLimits::default().max_bytes,

@@ -110,6 +110,8 @@ pub struct Config {
     pub liveness: Duration,
     /// `interaction.calendar_synced_at` stamps (`CALENDAR_SYNC_WRITE_SYNCED_AT`).
     pub write_synced_at: Stamping,
+    /// `CALENDAR_SYNC_SLOT_FAILOVER`: a failover slot (PostgreSQL 17+).
+    pub slot_failover: bool,
     pub status_interval: Duration,
     pub batch: BatchLimits,
     /// PostgreSQL `lock_timeout` of every SQL session of `run`.
@@ -264,6 +266,7 @@ impl Config {
             http_addr: sync.http_addr,
             liveness: Duration::from_secs(sync.liveness_secs),
             write_synced_at: sync.write_synced_at,
+            slot_failover: sync.slot_failover,
             status_interval: Duration::from_secs(sync.status_interval_secs),
             batch: BatchLimits {
                 max_changes: sync.batch_changes,

@@ -29,14 +29,16 @@ pub struct SlotInfo {
     pub plugin: Option<String>,
     pub database: Option<String>,
     pub confirmed_flush: Option<Lsn>,
+    /// PostgreSQL 17+: a failover slot (`None` before 17).
+    pub failover: Option<bool>,
 }
 
 pub async fn slot_info(source: &Client, slot: &str) -> Result<Option<SlotInfo>, SyncError> {
     let row = source
         .query_opt(
             "select active_pid, wal_status, plugin::text, database::text, confirmed_flush_lsn,
-                    database = current_database()
-               from pg_replication_slots where slot_name = $1",
+                    database = current_database(), (to_jsonb(s) ->> 'failover')::boolean
+               from pg_replication_slots s where slot_name = $1",
             &[&slot],
         )
         .await
@@ -50,6 +52,7 @@ pub async fn slot_info(source: &Client, slot: &str) -> Result<Option<SlotInfo>, 
             .get::<_, Option<tokio_postgres::types::PgLsn>>(4)
             .map(Lsn::from),
         this_database: r.get::<_, Option<bool>>(5).unwrap_or(false),
+        failover: r.get(6),
     }))
 }
 
@@ -226,6 +229,77 @@ pub async fn advance_released_slot(source: &Client, slot: &str, acked: Lsn) {
     }
 }
 
+/// `CALENDAR_SYNC_SLOT_FAILOVER=true` and the slot is not a failover slot
+/// yet: alters it (PostgreSQL 17+, on the gated replication session, before
+/// it streams: the slot must not be held by a walsender).
+pub async fn make_failover_slot(
+    repl: &mut pgwire_replication::ReplicationClient,
+    slot: &str,
+) -> Result<(), SyncError> {
+    repl.simple_query(&format!("ALTER_REPLICATION_SLOT {slot} (FAILOVER true)"))
+        .await
+        .map_err(|e| {
+            SyncError::stream(
+                "making the slot a failover slot (ALTER_REPLICATION_SLOT)",
+                e,
+            )
+        })?;
+    tracing::info!(
+        slot,
+        "the slot is now a failover slot (CALENDAR_SYNC_SLOT_FAILOVER=true)"
+    );
+    Ok(())
+}
+
+/// Failover as the source sees it: whether the slot is a failover slot, and
+/// the primary's `synchronized_standby_slots` (PostgreSQL 17+; empty or
+/// missing: `None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverState {
+    pub failover: Option<bool>,
+    pub synchronized_standby_slots: Option<String>,
+}
+
+impl FailoverState {
+    /// A warning when the slot is a failover slot but no standby slot is
+    /// waited for: the consumer may then apply what a promoted standby never
+    /// received.
+    pub fn warning(&self) -> Option<String> {
+        (self.failover == Some(true) && self.synchronized_standby_slots.is_none()).then(|| {
+            "the slot is a failover slot, but synchronized_standby_slots is empty on the primary: calendar-sync may apply transactions a standby has not received, and after that standby's promotion the calendar would show changes the new primary never had; set synchronized_standby_slots to the standby's physical slot (deploy/README.md, 'Failover')".to_string()
+        })
+    }
+}
+
+pub async fn failover_state(source: &Client, slot: &str) -> Result<FailoverState, SyncError> {
+    let row = source
+        .query_one(
+            "select (select (to_jsonb(s) ->> 'failover')::boolean from pg_replication_slots s where slot_name = $1),
+                    nullif(current_setting('synchronized_standby_slots', true), '')",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| SyncError::db("reading the slot's failover state", e))?;
+    Ok(FailoverState {
+        failover: row.get(0),
+        synchronized_standby_slots: row.get(1),
+    })
+}
+
+/// Logs at start whether the slot survives a promotion (and the warning).
+pub async fn report_failover(source: &Client, cfg: &Config) {
+    match failover_state(source, &cfg.slot).await {
+        Ok(state) => {
+            if let Some(w) = state.warning() {
+                tracing::warn!(slot = %cfg.slot, "{w}");
+            } else {
+                tracing::info!(slot = %cfg.slot, failover = ?state.failover, synchronized_standby_slots = ?state.synchronized_standby_slots, "slot failover state");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "could not read the slot's failover state"),
+    }
+}
+
 /// Drops a slot whose snapshot never finished. Refuses when a session holds it.
 pub async fn drop_unfinished_slot(source: &Client, slot: &str) -> Result<(), SyncError> {
     tracing::warn!(slot, "slot exists but its initial snapshot never committed (interrupted start): dropping it to take a new one");
@@ -315,6 +389,7 @@ mod tests {
             plugin: Some("pgoutput".into()),
             database: Some("crm".into()),
             confirmed_flush: Some(Lsn(100)),
+            failover: None,
         }
     }
 

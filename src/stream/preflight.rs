@@ -25,6 +25,15 @@ pub async fn preflight(source: &Client, cfg: &Config) -> Result<TrackedTables, S
             "upgrade the source to PostgreSQL 14 or newer (15+ for publication column lists)",
         ));
     }
+    if cfg.slot_failover && version < 170000 {
+        return Err(SyncError::fatal(
+            format!(
+                "CALENDAR_SYNC_SLOT_FAILOVER=true, but the source runs PostgreSQL {}: failover slots need 17 or newer",
+                version / 10000
+            ),
+            "set CALENDAR_SYNC_SLOT_FAILOVER=false (on a Multi-AZ DB instance the slot survives a failover anyway; see deploy/README.md, 'Failover'), or upgrade the source to PostgreSQL 17+",
+        ));
+    }
     let wal_level: String = source
         .query_one("select current_setting('wal_level')", &[])
         .await

@@ -146,10 +146,16 @@ async fn session(
 
     let (mut repl, progress) = match plan {
         client::StartPlan::Resume { progress } => {
-            tracing::info!(slot = %cfg.slot, %progress, confirmed_flush = ?slot.and_then(|s| s.confirmed_flush).map(|l| l.to_string()), "resuming");
-            let repl = ReplicationClient::connect(client::replication_config(cfg)?)
+            tracing::info!(slot = %cfg.slot, %progress, confirmed_flush = ?slot.as_ref().and_then(|s| s.confirmed_flush).map(|l| l.to_string()), "resuming");
+            let mut repl = ReplicationClient::connect_gated(client::replication_config(cfg)?)
                 .await
                 .map_err(|e| SyncError::stream("opening the replication session", e))?;
+            if cfg.slot_failover && slot.as_ref().and_then(|s| s.failover) == Some(false) {
+                client::make_failover_slot(&mut repl, &cfg.slot).await?;
+            }
+            repl.start()
+                .await
+                .map_err(|e| SyncError::stream("starting replication", e))?;
             (repl, progress)
         }
         client::StartPlan::Snapshot { drop_unfinished } => {
@@ -177,6 +183,7 @@ async fn session(
     repl.wait_started()
         .await
         .map_err(|e| SyncError::stream("starting replication", e))?;
+    client::report_failover(&source, cfg).await;
     tracing::info!(slot = %cfg.slot, publication = %cfg.publication, "streaming");
     metrics.set_streaming(true);
     let mut s = Streamer {

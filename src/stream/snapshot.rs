@@ -123,12 +123,21 @@ async fn slot_and_snapshot(
     let mut repl = ReplicationClient::connect_gated(replication_config(cfg)?)
         .await
         .map_err(|e| SyncError::stream("opening the replication session", e))?;
-    // The pre-15 spelling: also accepted by newer servers (and RDS on 13/14).
-    let rows = repl
-        .simple_query(&format!(
+    // The pre-15 spelling, also accepted by newer servers (and RDS on 14),
+    // unless a failover slot is asked for (17+, checked in preflight).
+    let create = if cfg.slot_failover {
+        format!(
+            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export', FAILOVER true)",
+            cfg.slot
+        )
+    } else {
+        format!(
             "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT",
             cfg.slot
-        ))
+        )
+    };
+    let rows = repl
+        .simple_query(&create)
         .await
         .map_err(|e| SyncError::stream("creating the replication slot", e))?;
     let text = |i: usize| -> Result<String, SyncError> {
