@@ -77,7 +77,9 @@ pub async fn run() -> anyhow::Result<()> {
     wait_for_log_rows(&crm, 3).await?;
     print_calendar(&crm, "INSERT interaction 'Site visit'  -> create").await?;
 
-    crm.batch_execute("update interaction set subject = 'Quarterly review (moved to 14:00)', interaction_date = interaction_date + interval '4 hours' where subject = 'Quarterly review'").await?;
+    // To 14:00 UTC of the same day (the demo's zone is UTC): the title and the
+    // calendar's start_time agree.
+    crm.batch_execute("update interaction set subject = 'Quarterly review (moved to 14:00)', interaction_date = (date_trunc('day', interaction_date at time zone 'UTC') + interval '14 hours') at time zone 'UTC' where subject = 'Quarterly review'").await?;
     wait_for_log_rows(&crm, 4).await?;
     print_calendar(&crm, "UPDATE subject and time         -> update").await?;
 
