@@ -32,6 +32,10 @@ const SOURCE_MIGRATIONS: &[Migration] = &[
         name: "source/0003_echo_key",
         sql: include_str!("../migrations/source/0003_echo_key.sql"),
     },
+    Migration {
+        name: "source/0004_slot_owner",
+        sql: include_str!("../migrations/source/0004_slot_owner.sql"),
+    },
 ];
 
 const TARGET_MIGRATIONS: &[Migration] = &[
@@ -46,6 +50,10 @@ const TARGET_MIGRATIONS: &[Migration] = &[
     Migration {
         name: "target/0003_drop_duplicate_related_index",
         sql: include_str!("../migrations/target/0003_drop_duplicate_related_index.sql"),
+    },
+    Migration {
+        name: "target/0004_target_id_and_resync",
+        sql: include_str!("../migrations/target/0004_target_id_and_resync.sql"),
     },
 ];
 

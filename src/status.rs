@@ -110,6 +110,13 @@ pub struct Status {
     pub slot_failover: Option<bool>,
     /// The primary's `synchronized_standby_slots` (`None`: empty or before 17).
     pub synchronized_standby_slots: Option<String>,
+    /// A `run --resync` has begun and not finished: the next `run` completes it.
+    pub resync_pending: bool,
+    /// The target of the deployment that claimed the slot
+    /// (`calendar_sync_slot_owner`), `database@host:port`.
+    pub slot_owner: Option<String>,
+    /// The claim is this target's.
+    pub slot_owned_here: Option<bool>,
 }
 
 /// Reads the source: slot, its holder, WAL figures, publication, wal_level.
@@ -162,6 +169,9 @@ pub async fn status(cfg: &Config, max_lag_seconds: u64) -> Result<Status, SyncEr
         .query_opt(FAILURES_SQL, &[])
         .await
         .map_err(|e| SyncError::db("reading calendar_sync_failures", e))?;
+    let resync_pending = crate::stream::resync::pending(&target, &cfg.slot).await?;
+    let claim = crate::stream::ownership::claim_of(&source, &cfg.slot).await?;
+    let me = crate::stream::ownership::me(&target).await?;
     let db_err = |what: &'static str| move |e| SyncError::db(what, e);
     let slot_exists: bool = s.try_get(0).map_err(db_err("reading the slot"))?;
     let active_pid: Option<i32> = s.try_get(1).map_err(db_err("reading the slot"))?;
@@ -252,6 +262,9 @@ pub async fn status(cfg: &Config, max_lag_seconds: u64) -> Result<Status, SyncEr
         synchronized_standby_slots: s
             .try_get(14)
             .map_err(db_err("reading synchronized_standby_slots"))?,
+        resync_pending,
+        slot_owned_here: claim.as_ref().map(|c| c.target_id == me.target_id),
+        slot_owner: claim.map(|c| c.target),
     };
     let (health, problems) = judge(&st);
     st.health = health;
@@ -296,6 +309,18 @@ pub fn judge(s: &Status) -> (Health, Vec<String>) {
             "replication slot {} is inactive: no calendar-sync is streaming (the server keeps WAL for it meanwhile)",
             s.slot
         ));
+    }
+    if s.slot_owned_here == Some(false) {
+        broken.push(format!(
+            "replication slot {} is claimed by another deployment (target {}): this one's `run` refuses it; give it its own CALENDAR_SYNC_SLOT",
+            s.slot,
+            s.slot_owner.as_deref().unwrap_or("?")
+        ));
+    }
+    if s.resync_pending {
+        degraded.push(
+            "a start-over (`run --resync`) has not finished: the next `run` completes it (a new snapshot, then the events of interactions deleted meanwhile are removed)".into(),
+        );
     }
     let failover = crate::stream::client::FailoverState {
         failover: s.slot_failover,
@@ -382,6 +407,19 @@ impl std::fmt::Display for Status {
                 self.snapshot_rows_estimate
                     .map_or_else(|| "?".into(), |n| n.to_string())
             )?;
+        }
+        writeln!(
+            f,
+            "slot owner       {}{}",
+            self.slot_owner.as_deref().unwrap_or("-"),
+            match self.slot_owned_here {
+                Some(true) => " (this target)",
+                Some(false) => " (ANOTHER deployment)",
+                None => "",
+            }
+        )?;
+        if self.resync_pending {
+            writeln!(f, "resync           pending (the next `run` completes it)")?;
         }
         writeln!(
             f,
@@ -481,6 +519,9 @@ mod tests {
             oldest_failure: None,
             slot_failover: None,
             synchronized_standby_slots: None,
+            resync_pending: false,
+            slot_owner: None,
+            slot_owned_here: None,
         }
     }
 

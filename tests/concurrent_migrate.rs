@@ -28,8 +28,8 @@ async fn concurrent_migrates_on_a_fresh_database_both_succeed() {
         assert_eq!(
             db.count("select count(*) from calendar_sync_schema_migrations")
                 .await,
-            6,
-            "every migration once (target 0001-0003, source 0001-0003)"
+            8,
+            "every migration once (target 0001-0004, source 0001-0004)"
         );
     }
 }

@@ -26,6 +26,7 @@ mod schema_change;
 mod secrets;
 mod slot_failover;
 mod slot_lock;
+mod slot_ownership;
 mod snapshot;
 mod status;
 mod streaming;

@@ -35,11 +35,11 @@ async fn migrate_is_idempotent() {
             "round {round} logged server notices: {stderr}"
         );
     }
-    // Three source and three target migrations, each recorded once.
+    // Four source and four target migrations, each recorded once.
     assert_eq!(
         db.count("select count(*) from calendar_sync_schema_migrations")
             .await,
-        6
+        8
     );
     // No slot: `migrate` never creates it.
     assert_eq!(

@@ -44,7 +44,11 @@ async fn a_failover_slot_is_created_or_altered_on_17_and_refused_before() {
         );
         assert!(hint.contains("CALENDAR_SYNC_SLOT_FAILOVER=false"), "{hint}");
         assert_eq!(
-            db.count("select count(*) from pg_replication_slots").await,
+            db.count(&format!(
+                "select count(*) from pg_replication_slots where slot_name = '{}'",
+                db.name
+            ))
+            .await,
             0,
             "no slot was created"
         );

@@ -161,6 +161,15 @@ async fn a_slot_whose_snapshot_never_committed_is_taken_again() {
     db.migrate().await;
     // A crash between CREATE_REPLICATION_SLOT and the snapshot's commit leaves
     // a slot and no progress row: its start point is past rows never copied.
+    // `run` claimed the name first (decision 53), so it is ours.
+    db.client
+        .execute(
+            "insert into calendar_sync_slot_owner (slot_name, target_id, target)
+             select $1, target_id, 'this target' from calendar_sync_target_id",
+            &[&db.name],
+        )
+        .await
+        .expect("our claim");
     db.client
         .execute(
             "select pg_create_logical_replication_slot($1, 'pgoutput')",

@@ -210,6 +210,12 @@ impl Writer {
         debug_assert_eq!(self.batch.as_ref().map(|b| b.kind), Some(kind));
     }
 
+    /// The target session, between batches (bookkeeping outside a batch).
+    pub fn target(&self) -> &Client {
+        debug_assert!(!self.is_open(), "no batch is open");
+        &self.target
+    }
+
     /// The process's metrics (the snapshot copy counts its rows there).
     pub fn metrics(&self) -> &Metrics {
         &self.metrics

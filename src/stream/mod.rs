@@ -4,6 +4,7 @@
 //! reconnects.
 
 pub mod client;
+pub mod ownership;
 pub mod preflight;
 pub mod resync;
 pub mod runner;

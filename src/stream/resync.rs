@@ -10,6 +10,13 @@
 //!
 //! Never automatic: a slot that vanished may also mean a second deployment
 //! or a misconfigured slot name, which an operator should look at first.
+//!
+//! A start-over that finishes (issue 14): forgetting the progress and
+//! recording the start-over as pending (`calendar_sync_resync`) happen in one
+//! target transaction; every later start, with or without `--resync`,
+//! completes a pending one (snapshot, then the removal pass) and only then
+//! clears it. Killed during the snapshot or the removal pass, the next plain
+//! `run` does the rest; `status` shows it pending.
 
 use tokio_postgres::Client;
 
@@ -43,12 +50,68 @@ pub async fn prepare(
             .await
             .map_err(|e| SyncError::db("dropping the lost slot (--resync)", e))?;
     }
-    target
-        .execute(
+    // One transaction: the progress is never forgotten without the start-over
+    // being recorded as pending.
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&cfg.slot];
+    let (begun, recorded, forgotten, committed) = tokio::join!(
+        target.batch_execute("begin"),
+        target.execute(
+            "insert into calendar_sync_resync (slot_name) values ($1) on conflict (slot_name) do nothing",
+            &params,
+        ),
+        target.execute(
             "delete from calendar_sync_progress where slot_name = $1",
+            &params,
+        ),
+        target.batch_execute("commit"),
+    );
+    let ctx = "forgetting calendar_sync_progress and recording the start-over (--resync)";
+    if let Err(e) = begun
+        .and(recorded.map(|_| ()))
+        .and(forgotten.map(|_| ()))
+        .and(committed)
+    {
+        let _ = target.batch_execute("rollback").await;
+        return Err(SyncError::db(ctx, e));
+    }
+    Ok((None, None))
+}
+
+/// Whether a start-over of `slot` is pending (see the module docs).
+pub async fn pending(target: &Client, slot: &str) -> Result<bool, SyncError> {
+    let n: i64 = target
+        .query_one(
+            "select count(*) from calendar_sync_resync where slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| {
+            SyncError::db(
+                "reading calendar_sync_resync (has `calendar-sync migrate` run?)",
+                e,
+            )
+        })?
+        .try_get(0)
+        .map_err(|e| SyncError::db("reading calendar_sync_resync", e))?;
+    Ok(n > 0)
+}
+
+/// Completes a pending start-over whose snapshot has committed: removes the
+/// events of interactions deleted while the slot was gone, then clears it.
+pub async fn complete(cfg: &Config, writer: &mut crate::apply::Writer) -> Result<(), SyncError> {
+    let removed = crate::reconcile::remove_extra_events(cfg, writer).await?;
+    writer
+        .target()
+        .execute(
+            "delete from calendar_sync_resync where slot_name = $1",
             &[&cfg.slot],
         )
         .await
-        .map_err(|e| SyncError::db("deleting calendar_sync_progress (--resync)", e))?;
-    Ok((None, None))
+        .map_err(|e| SyncError::db("clearing calendar_sync_resync", e))?;
+    tracing::info!(
+        slot = %cfg.slot,
+        removed,
+        "start-over complete: removed the events of interactions deleted while the slot was gone"
+    );
+    Ok(())
 }

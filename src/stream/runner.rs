@@ -43,7 +43,7 @@ use crate::error::SyncError;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::pgoutput::{self, Message};
-use crate::stream::client;
+use crate::stream::{client, ownership};
 use crate::txn::{Framer, Marker};
 
 /// Set to `true` to stop: the loop rolls back an open batch, sends a final
@@ -128,17 +128,36 @@ async fn session(
     let source = db::connect_limited(&cfg.source_url, "source", cfg.limits()).await?;
     let lookups = db::connect_limited(&cfg.source_url, "source", cfg.limits()).await?;
     let tracked = client::preflight(&source, cfg).await?;
+    let me = ownership::me(&target).await?;
+    // Another deployment's claim stops this one at once, also while that one
+    // holds the slot's lock (it would otherwise wait for it as for a rolling
+    // deploy's predecessor).
+    if let Some(c) = ownership::claim_of(&source, &cfg.slot).await? {
+        if c.target_id != me.target_id {
+            let slot = client::slot_info(&source, &cfg.slot).await?;
+            ownership::judge(&cfg.slot, &me, Some(&c), None, slot.as_ref())?;
+        }
+    }
     client::lock_slot(&source, &cfg.slot).await?;
     // Read under the lock: until it was ours, another process may have been
     // committing its snapshot.
     let stored = client::stored_progress(&target, &cfg.slot).await?;
     let slot = client::slot_info(&source, &cfg.slot).await?;
     client::check_owned(&cfg.slot, slot.as_ref())?;
+    // Only a slot this deployment's target claimed is used, dropped or
+    // recreated (decision 53); the claim comes before the slot.
+    let claim = ownership::claim_of(&source, &cfg.slot).await?;
+    if ownership::judge(&cfg.slot, &me, claim.as_ref(), stored, slot.as_ref())?
+        == ownership::Ownership::Claim
+    {
+        ownership::claim(&source, &cfg.slot, &me).await?;
+    }
     let (stored, slot) = if cfg.resync {
         super::resync::prepare(cfg, &source, &target, stored, slot).await?
     } else {
         (stored, slot)
     };
+    let resync_pending = super::resync::pending(&target, &cfg.slot).await?;
     let plan = client::plan(&cfg.slot, stored, slot.as_ref())?;
     let server_has = slot.as_ref().and_then(|s| s.confirmed_flush);
     let mut writer = Writer::new(cfg, target, lookups, metrics.clone()).await?;
@@ -150,6 +169,10 @@ async fn session(
             let mut repl = ReplicationClient::connect_gated(client::replication_config(cfg)?)
                 .await
                 .map_err(|e| SyncError::stream("opening the replication session", e))?;
+            if resync_pending {
+                // Its snapshot committed, its removal pass did not finish.
+                super::resync::complete(cfg, &mut writer).await?;
+            }
             if cfg.slot_failover && slot.as_ref().and_then(|s| s.failover) == Some(false) {
                 client::make_failover_slot(&mut repl, &cfg.slot).await?;
             }
@@ -167,12 +190,9 @@ async fn session(
             else {
                 return Ok(());
             };
-            if cfg.resync {
-                let removed = crate::reconcile::remove_extra_events(cfg, &mut writer).await?;
-                tracing::info!(
-                    removed,
-                    "--resync: removed the events of interactions deleted while the slot was gone"
-                );
+            ownership::record_consistent_point(&source, &cfg.slot, &me, consistent_point).await?;
+            if resync_pending {
+                super::resync::complete(cfg, &mut writer).await?;
             }
             repl.start()
                 .await
