@@ -25,6 +25,17 @@ impl Party {
             Party::Contact => "contact",
         }
     }
+
+    /// The inverse of [`Party::as_str`]; anything else is not a party (a
+    /// row of `calendar_sync_party_names` written by something else), never
+    /// silently a contact.
+    pub fn parse(s: &str) -> Option<Party> {
+        match s {
+            "customer" => Some(Party::Customer),
+            "contact" => Some(Party::Contact),
+            _ => None,
+        }
+    }
 }
 
 impl Writer {
@@ -103,5 +114,19 @@ impl Writer {
             .await
             .map_err(db("copying customer/contact names"))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_party_reads_back_as_itself_and_nothing_else_is_one() {
+        for p in [Party::Customer, Party::Contact] {
+            assert_eq!(Party::parse(p.as_str()), Some(p));
+        }
+        assert_eq!(Party::parse("Contact"), None);
+        assert_eq!(Party::parse(""), None);
     }
 }

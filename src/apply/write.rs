@@ -129,9 +129,12 @@ impl Writer {
                 .insert(r.try_get(0).map_err(db("reading a failure"))?);
         }
         for r in &names {
-            let party = match r.try_get::<_, &str>(0).map_err(db("reading a name"))? {
-                "customer" => Party::Customer,
-                _ => Party::Contact,
+            let raw: &str = r.try_get(0).map_err(db("reading a name"))?;
+            let Some(party) = Party::parse(raw) else {
+                return Err(SyncError::fatal(
+                    format!("calendar_sync_party_names holds a row with party {raw:?}, expected 'customer' or 'contact'"),
+                    "something other than calendar-sync wrote calendar_sync_party_names: delete that row (calendar-sync refreshes names from the stream and the snapshot)",
+                ));
             };
             let id: Uuid = r.try_get(1).map_err(db("reading a name"))?;
             let name: Option<String> = r.try_get(2).map_err(db("reading a name"))?;
