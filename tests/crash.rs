@@ -52,13 +52,6 @@ fn log_file(slot: &str) -> Stdio {
         .unwrap_or_else(|_| Stdio::null())
 }
 
-fn kill9(child: &mut Child) {
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
-}
-
 /// One random source transaction of 1-4 statements.
 fn random_transaction(rng: &mut Rng, n: u64) -> String {
     let mut sql = String::from("begin;");
@@ -330,8 +323,28 @@ async fn a_kill_while_the_target_commit_is_held_loses_nothing() {
     })
     .await;
     assert!(held, "the consumer never waited on the progress lock");
-    // Several status intervals (1 s) pass while the commit is held.
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // Several status updates reach the server while the commit is held (each
+    // moves the walsender's reply_time): had one named the held transaction,
+    // the slot would have moved past it.
+    let mut replies = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while replies.len() < 3 && Instant::now() < deadline {
+        let at: Option<String> = db
+            .client
+            .query_one(
+                "select (select reply_time::text from pg_stat_replication r
+                           join pg_replication_slots s on s.active_pid = r.pid
+                          where s.slot_name = $1)",
+                &[&db.name],
+            )
+            .await
+            .expect("reply_time")
+            .get(0);
+        replies.extend(at);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let updated = replies.len() >= 3;
+    assert!(updated, "the consumer sent no status updates while held");
     kill9(&mut a);
     locker.batch_execute("rollback").await.expect("unlock");
     let mut a = spawn();

@@ -2,17 +2,12 @@
 //! is killed, and a deployment drops, resumes or takes over only a slot its
 //! own target claimed.
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use calendar_sync::config::SecretUrl;
 
 use crate::support::*;
-
-fn kill9(child: &mut Child) {
-    signal("KILL", child.id());
-    let _ = child.wait();
-}
 
 /// Waits until a backend of `db`'s cluster waits for a lock in a statement
 /// that mentions `table`.

@@ -37,6 +37,12 @@ pub fn spawn_run(db: &TestDb, extra: &[(&str, String)], stderr: Stdio) -> Child 
     c.spawn().expect("spawn calendar-sync run")
 }
 
+/// kill -9 of `child`, and reaps it.
+pub fn kill9(child: &mut Child) {
+    signal("KILL", child.id());
+    let _ = child.wait();
+}
+
 /// Sends `SIG<sig>` (e.g. `TERM`, `STOP`, `CONT`) to process `pid`.
 pub fn signal(sig: &str, pid: u32) {
     let ok = Command::new("kill")
