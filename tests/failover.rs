@@ -375,3 +375,124 @@ async fn a_promoted_standby_takes_the_stream_over_without_an_operator() {
     );
     rig.remove().await;
 }
+
+/// The consumer's own target commit (calendar in the source database) must be
+/// on the standby before the slot's confirmed position passes the source
+/// transaction it applied: the standby copies that position from the primary
+/// as soon as it has received the *source* transaction, and a promotion then
+/// resumes after it, so a target commit the standby lacked would be lost for
+/// good. Here the standby's walsender is frozen (SIGSTOP) between the source
+/// transaction reaching the standby and the consumer's target commit, while
+/// the standby's slot sync worker (a connection of its own) keeps copying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_commit_the_standby_lacks_is_not_acknowledged_past() {
+    if major_with_failover_slots().is_none() {
+        return;
+    }
+    let mut rig = Rig::start("failover-lag", 0).await;
+    let primary = connect(&rig.pair.primary.url(DB)).await;
+    let standby = connect(&rig.pair.standby.url(DB)).await;
+
+    // The consumer applies the insert but waits before its target commit.
+    let locker = connect(&rig.pair.primary.url(DB)).await;
+    locker
+        .batch_execute("begin; lock table calendar_sync_progress in access exclusive mode")
+        .await
+        .expect("lock");
+    let before = pg_current_lsn(&primary).await;
+    let id = rig
+        .db
+        .insert(
+            "Applied before the failover",
+            "now() + interval '1 day'",
+            "",
+        )
+        .await;
+    let waiting = wait_until(Duration::from_secs(20), || async {
+        primary
+            .query_one(
+                "select count(*) from pg_stat_activity where application_name = 'calendar-sync' and wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get::<_, i64>(0)
+            >= 1
+    })
+    .await;
+    assert!(
+        waiting,
+        "the consumer never waited on the progress lock; its log:\n{}",
+        rig.log()
+    );
+    // The standby has the insert (the consumer only receives what it has);
+    // from now on it receives nothing.
+    let walsender: i32 = primary
+        .query_one(
+            "select pid from pg_stat_replication where application_name = $1",
+            &[&STANDBY_SLOT],
+        )
+        .await
+        .expect("the standby's walsender")
+        .get(0);
+    signal("STOP", walsender as u32);
+    locker.batch_execute("rollback").await.expect("unlock");
+    let applied = wait_until(Duration::from_secs(20), || async {
+        primary
+            .query_one(
+                "select count(*) from calendar_events where related_id = $1",
+                &[&id],
+            )
+            .await
+            .expect("events")
+            .get::<_, i64>(0)
+            == 1
+    })
+    .await;
+    assert!(applied, "the consumer did not apply the insert");
+    // Several status intervals and slot sync rounds pass: the slot
+    // synchronized on the standby must stay below the insert.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let synced_past: bool = standby
+        .query_one(
+            "select confirmed_flush_lsn > $2::text::pg_lsn from pg_replication_slots where slot_name = $1",
+            &[&DB, &before],
+        )
+        .await
+        .expect("the standby's slot")
+        .get(0);
+    eprintln!("the standby's copy of the slot passed the insert: {synced_past}");
+
+    // The frozen walsender dies with its server: what it did not send is lost.
+    signal("KILL", walsender as u32);
+    drop((primary, locker));
+    rig.fail_over().await;
+    rig.wait_resumed().await;
+    rig.db.client = connect_retrying(&rig.db.url, "failover-test").await;
+    rig.db
+        .barrier_within(&rig.db.client, DB, Duration::from_secs(30))
+        .await;
+    let log = rig.stop_consumer().await;
+    let report = calendar_sync::reconcile::reconcile(&rig.db.config(), true)
+        .await
+        .expect("reconcile --dry-run");
+    assert_eq!(
+        rig.db
+            .count(&format!(
+                "select count(*) from interaction where interaction_id = '{id}'"
+            ))
+            .await,
+        1,
+        "the insert is on the promoted standby"
+    );
+    assert_eq!(
+        (report.missing, report.extra, report.drifted),
+        (0, 0, 0),
+        "the insert's event was lost with the target commit: {report}\nconsumer log:\n{log}"
+    );
+    assert!(
+        !synced_past,
+        "the slot passed a target commit the standby lacked"
+    );
+    rig.remove().await;
+}
