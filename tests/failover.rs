@@ -496,3 +496,74 @@ async fn a_target_commit_the_standby_lacks_is_not_acknowledged_past() {
     );
     rig.remove().await;
 }
+
+/// A promoted standby that kept its old primary's `synchronized_standby_slots`
+/// names a slot it does not have: PostgreSQL then sends the failover slot
+/// nothing, without an error anywhere calendar-sync would see. `status` says
+/// so (broken); emptying the setting (a reload) lets the stream go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_slot_the_server_lacks_is_reported_by_status() {
+    if major_with_failover_slots().is_none() {
+        return;
+    }
+    let cluster = crate::recovery::private_cluster(
+        "failover-ghost",
+        "synchronized_standby_slots = 'ghost_standby'\n",
+    )
+    .await;
+    let db = TestDb::crm_in(&cluster).await;
+    db.migrate().await;
+    let mut cfg = db.config();
+    cfg.slot_failover = true;
+    let run = Running::start(cfg.clone());
+    wait_streaming(&db).await;
+    let id = db.insert("Held back", "now()", "").await;
+    let waits = wait_until(Duration::from_secs(20), || async {
+        db.count(
+            "select count(*) from pg_stat_activity
+              where backend_type = 'walsender' and wait_event = 'WaitForStandbyConfirmation'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    assert!(waits, "the walsender does not wait for the missing standby");
+    let st = calendar_sync::status::status(&cfg, 60)
+        .await
+        .expect("status");
+    assert_eq!(st.health, calendar_sync::status::Health::Broken, "{st}");
+    assert!(
+        st.problems
+            .iter()
+            .any(|p| p.contains("names ghost_standby")),
+        "{st}"
+    );
+    assert!(
+        st.to_string().contains(
+            "failover slot    yes (synchronized_standby_slots ghost_standby; not here: ghost_standby!)"
+        ),
+        "{st}"
+    );
+    assert_eq!(
+        db.count(&format!(
+            "select count(*) from calendar_events where related_id = '{id}'"
+        ))
+        .await,
+        0,
+        "nothing is sent while the setting names a missing slot"
+    );
+    cluster
+        .append_conf("synchronized_standby_slots = ''")
+        .expect("conf");
+    db.client
+        .execute("select pg_reload_conf()", &[])
+        .await
+        .expect("reload");
+    db.wait_count(
+        &format!("select count(*) from calendar_events where related_id = '{id}'"),
+        1,
+    )
+    .await;
+    run.stop().await.expect("clean stop");
+    crate::recovery::remove_cluster(cluster).await;
+}
