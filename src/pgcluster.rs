@@ -169,12 +169,18 @@ impl LocalCluster {
             .open(cluster.data().join("postgresql.conf"))
             .and_then(|mut f| std::io::Write::write_all(&mut f, conf.as_bytes()))
             .map_err(step("writing postgresql.conf"))?;
-        // A port can be taken between probe and bind: try a few.
+        cluster.start_on_free_port()?;
+        Ok(cluster)
+    }
+
+    /// pg_ctl start on a free port. A port can be taken between probe and
+    /// bind: tries a few.
+    fn start_on_free_port(&mut self) -> Result<(), ClusterError> {
         let mut last = None;
         for _ in 0..5 {
-            cluster.port = free_port()?;
-            match cluster.pg_ctl_start() {
-                Ok(()) => return Ok(cluster),
+            self.port = free_port()?;
+            match self.pg_ctl_start() {
+                Ok(()) => return Ok(()),
                 Err(e) => last = Some(e),
             }
         }
@@ -182,6 +188,86 @@ impl LocalCluster {
             step: "pg_ctl start",
             detail: "no attempt".into(),
         }))
+    }
+
+    /// A new, stopped cluster `name` holding a file copy of this one's data
+    /// directory: a base backup without pg_basebackup (the npm server
+    /// binaries the CI uses for 17 and 18 have none). Taken while this server
+    /// runs, between `pg_backup_start` and `pg_backup_stop`; the caller then
+    /// writes the `backup_label` ([`LocalCluster::write_data_file`]), its
+    /// standby settings ([`LocalCluster::append_conf`]) and starts it
+    /// ([`LocalCluster::start_copy`]). Left out, as pg_basebackup leaves them
+    /// out: `postmaster.pid` and `.opts`, and the contents of `pg_wal` (a
+    /// standby streams it; a physical slot on this server keeps it),
+    /// `pg_replslot` (slots belong to their server) and the runtime
+    /// directories. Its own directory, socket directory and watchdog; owned
+    /// by the cluster's user. Until it is started, its port is 0.
+    pub fn copy_data(&self, name: &str) -> Result<LocalCluster, ClusterError> {
+        let base = std::env::temp_dir().join(format!(
+            "calendar-sync-{name}-{}-{}",
+            std::process::id(),
+            free_port()?
+        ));
+        std::fs::create_dir_all(&base).map_err(step("creating the cluster directory"))?;
+        self.chown(&base)?;
+        let copy = LocalCluster {
+            dir: base,
+            bindir: self.bindir.clone(),
+            port: 0,
+            run_as: self.run_as,
+        };
+        copy.watchdog();
+        copy_dir(&self.data(), &copy.data(), true, &|p| copy.chown(p))?;
+        copy.append_conf(&format!(
+            "unix_socket_directories = '{}'\n",
+            copy.dir.display()
+        ))?;
+        Ok(copy)
+    }
+
+    /// Hands `path` to the cluster's user (when we are root).
+    fn chown(&self, path: &Path) -> Result<(), ClusterError> {
+        match self.run_as {
+            Some((uid, gid)) => std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                .map_err(step("handing a cluster file to postgres")),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes `file` (e.g. `backup_label`, `standby.signal`) into the data
+    /// directory, owned by the cluster's user.
+    pub fn write_data_file(&self, file: &str, contents: &str) -> Result<(), ClusterError> {
+        let path = self.data().join(file);
+        std::fs::write(&path, contents).map_err(step("writing a file of the data directory"))?;
+        self.chown(&path)
+    }
+
+    /// Appends `conf` to postgresql.conf (a later line wins over an earlier
+    /// one); read at the next start or reload.
+    pub fn append_conf(&self, conf: &str) -> Result<(), ClusterError> {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.data().join("postgresql.conf"))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, format!("\n{conf}\n").as_bytes()))
+            .map_err(step("writing postgresql.conf"))
+    }
+
+    /// Starts a cluster made by [`LocalCluster::copy_data`] on a free port
+    /// (a standby: once it accepts connections).
+    pub fn start_copy(&mut self) -> Result<(), ClusterError> {
+        self.start_on_free_port()
+    }
+
+    /// `pg_ctl promote`: a standby becomes a primary; returns once it accepts
+    /// writes.
+    pub fn promote(&self) -> Result<(), ClusterError> {
+        self.run(
+            "pg_ctl promote",
+            self.command("pg_ctl")
+                .arg("-D")
+                .arg(self.data())
+                .args(["-w", "-t", "60", "promote"]),
+        )
     }
 
     fn data(&self) -> PathBuf {
@@ -351,6 +437,88 @@ host all all 0.0.0.0/0 reject
             tracing::warn!(error = %e, "could not start the cluster watchdog; stop the cluster by hand if this process is killed");
         }
     }
+}
+
+/// What a copy of a data directory leaves out at its top level: whole files,
+/// and directories copied empty.
+const NOT_COPIED: &[&str] = &[
+    "postmaster.pid",
+    "postmaster.opts",
+    "backup_label",
+    "tablespace_map",
+];
+const COPIED_EMPTY: &[&str] = &[
+    "pg_wal",
+    "pg_replslot",
+    "pg_dynshmem",
+    "pg_notify",
+    "pg_serial",
+    "pg_snapshots",
+    "pg_stat_tmp",
+    "pg_subtrans",
+];
+
+/// Copies `from` into a new directory `to` (mode 0700), calling `own` on
+/// every created path. At the top (`top`) it leaves out [`NOT_COPIED`] and
+/// the contents of [`COPIED_EMPTY`] (but `pg_wal/archive_status` and
+/// `pg_wal/summaries` are created, as pg_basebackup does). A file that
+/// vanishes while it is copied (a running server removes temporary files) is
+/// skipped.
+fn copy_dir(
+    from: &Path,
+    to: &Path,
+    top: bool,
+    own: &dyn Fn(&Path) -> Result<(), ClusterError>,
+) -> Result<(), ClusterError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mkdir = |d: &Path| -> Result<(), ClusterError> {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(d)
+            .map_err(step("creating a directory of the copy"))?;
+        own(d)
+    };
+    mkdir(to)?;
+    let entries = std::fs::read_dir(from).map_err(step("reading the data directory"))?;
+    for entry in entries {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(step("reading the data directory")(e)),
+        };
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if top && NOT_COPIED.contains(&name.as_ref())
+            || name == "pg_internal.init"
+            || name.starts_with("pgsql_tmp")
+        {
+            continue;
+        }
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = match entry.file_type() {
+            Ok(k) => k,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(step("reading the data directory")(e)),
+        };
+        if kind.is_dir() {
+            if top && COPIED_EMPTY.contains(&name.as_ref()) {
+                mkdir(&dst)?;
+                if name == "pg_wal" {
+                    mkdir(&dst.join("archive_status"))?;
+                    mkdir(&dst.join("summaries"))?;
+                }
+            } else {
+                copy_dir(&src, &dst, false, own)?;
+            }
+        } else if kind.is_file() {
+            match std::fs::copy(&src, &dst) {
+                Ok(_) => own(&dst)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(step("copying the data directory")(e)),
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Drop for LocalCluster {

@@ -117,10 +117,15 @@ pub struct Status {
     pub slot_owner: Option<String>,
     /// The claim is this target's.
     pub slot_owned_here: Option<bool>,
+    /// Names in `synchronized_standby_slots` that are not physical slots of
+    /// the source server (`None`: none).
+    pub missing_standby_slots: Option<String>,
 }
 
 /// Reads the source: slot, its holder, WAL figures, publication, wal_level.
-const SOURCE_SQL: &str = "
+fn source_sql() -> String {
+    format!(
+        "
 select s.slot_name is not null,
        s.active_pid,
        host(r.client_addr),
@@ -135,10 +140,14 @@ select s.slot_name is not null,
        current_setting('wal_level'),
        (select greatest(reltuples, 0)::bigint from pg_class where oid = to_regclass('interaction')),
        (to_jsonb(s) ->> 'failover')::boolean,
-       nullif(current_setting('synchronized_standby_slots', true), '')
+       nullif(current_setting('synchronized_standby_slots', true), ''),
+       {}
   from (select 1) one
   left join pg_replication_slots s on s.slot_name = $1
-  left join pg_stat_replication r on r.pid = s.active_pid";
+  left join pg_stat_replication r on r.pid = s.active_pid",
+        crate::stream::client::MISSING_STANDBY_SLOTS_SQL
+    )
+}
 
 /// Reads the target: progress, its age, failures.
 const PROGRESS_SQL: &str = "
@@ -158,7 +167,7 @@ pub async fn status(cfg: &Config, max_lag_seconds: u64) -> Result<Status, SyncEr
     let source = db::connect(&cfg.source_url, "source").await?;
     let target = db::connect(cfg.target_url(), "target").await?;
     let s = source
-        .query_one(SOURCE_SQL, &[&cfg.slot, &cfg.publication])
+        .query_one(&source_sql(), &[&cfg.slot, &cfg.publication])
         .await
         .map_err(|e| SyncError::db("reading the slot and the publication", e))?;
     let progress = target
@@ -265,6 +274,9 @@ pub async fn status(cfg: &Config, max_lag_seconds: u64) -> Result<Status, SyncEr
         resync_pending,
         slot_owned_here: claim.as_ref().map(|c| c.target_id == me.target_id),
         slot_owner: claim.map(|c| c.target),
+        missing_standby_slots: s
+            .try_get(15)
+            .map_err(db_err("reading synchronized_standby_slots"))?,
     };
     let (health, problems) = judge(&st);
     st.health = health;
@@ -325,8 +337,11 @@ pub fn judge(s: &Status) -> (Health, Vec<String>) {
     let failover = crate::stream::client::FailoverState {
         failover: s.slot_failover,
         synchronized_standby_slots: s.synchronized_standby_slots.clone(),
+        missing_standby_slots: s.missing_standby_slots.clone(),
     };
-    if let Some(w) = failover.warning() {
+    if let Some(w) = failover.stall() {
+        broken.push(w);
+    } else if let Some(w) = failover.warning() {
         degraded.push(w);
     }
     if s.wal_status.as_deref() == Some("unreserved") {
@@ -427,7 +442,11 @@ impl std::fmt::Display for Status {
             match (self.slot_failover, &self.synchronized_standby_slots) {
                 (None, _) => "- (PostgreSQL 17+)".to_string(),
                 (Some(false), _) => "no (CALENDAR_SYNC_SLOT_FAILOVER=false)".to_string(),
-                (Some(true), Some(slots)) => format!("yes (synchronized_standby_slots {slots})"),
+                (Some(true), Some(slots)) => match &self.missing_standby_slots {
+                    None => format!("yes (synchronized_standby_slots {slots})"),
+                    Some(missing) =>
+                        format!("yes (synchronized_standby_slots {slots}; not here: {missing}!)"),
+                },
                 (Some(true), None) => "yes (synchronized_standby_slots empty!)".to_string(),
             }
         )?;
@@ -522,6 +541,7 @@ mod tests {
             resync_pending: false,
             slot_owner: None,
             slot_owned_here: None,
+            missing_standby_slots: None,
         }
     }
 
@@ -541,5 +561,33 @@ mod tests {
             text.lines().any(|l| l == "safe WAL size    -"),
             "a lost slot has no safe WAL size, it is not unlimited: {text}"
         );
+    }
+
+    #[test]
+    fn a_failover_slot_waiting_for_a_standby_slot_the_server_lacks_is_broken() {
+        let mut s = Status {
+            slot_active: true,
+            wal_status: Some("reserved".into()),
+            slot_failover: Some(true),
+            synchronized_standby_slots: Some("standby1".into()),
+            missing_standby_slots: Some("standby1".into()),
+            ..lost_slot()
+        };
+        let (health, problems) = judge(&s);
+        assert_eq!(health, Health::Broken);
+        assert!(
+            problems.len() == 1 && problems[0].contains("names standby1"),
+            "{problems:?}"
+        );
+        (s.health, s.problems) = (health, problems);
+        assert!(
+            s.to_string().lines().any(|l| {
+                l
+                == "failover slot    yes (synchronized_standby_slots standby1; not here: standby1!)"
+            }),
+            "{s}"
+        );
+        s.missing_standby_slots = None;
+        assert_eq!(judge(&s), (Health::Healthy, Vec::new()));
     }
 }

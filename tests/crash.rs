@@ -12,16 +12,16 @@ use crate::support::*;
 
 /// xorshift64*: a seeded, dependency-free generator (the seed is printed so a
 /// failing run can be repeated).
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 }
@@ -53,7 +53,7 @@ fn log_file(slot: &str) -> Stdio {
 }
 
 /// One random source transaction of 1-4 statements.
-fn random_transaction(rng: &mut Rng, n: u64) -> String {
+pub(crate) fn random_transaction(rng: &mut Rng, n: u64) -> String {
     let mut sql = String::from("begin;");
     for _ in 0..=rng.below(4) {
         let pick = format!("(select interaction_id from interaction order by md5(interaction_id::text || '{}') limit 1)", rng.next());

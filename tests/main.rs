@@ -9,6 +9,7 @@ mod crash;
 mod deploy_files;
 mod echo;
 mod edge_paths;
+mod failover;
 mod failures;
 mod fatal;
 mod idle;

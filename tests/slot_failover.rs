@@ -43,6 +43,8 @@ async fn a_failover_slot_is_created_or_altered_on_17_and_refused_before() {
             "{message}"
         );
         assert!(hint.contains("CALENDAR_SYNC_SLOT_FAILOVER=false"), "{hint}");
+        // This test's slot only: the cluster is shared with the tests
+        // running meanwhile, which have slots of their own.
         assert_eq!(
             db.count(&format!(
                 "select count(*) from pg_replication_slots where slot_name = '{}'",

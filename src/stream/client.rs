@@ -251,14 +251,23 @@ pub async fn make_failover_slot(
     Ok(())
 }
 
-/// Failover as the source sees it: whether the slot is a failover slot, and
-/// the primary's `synchronized_standby_slots` (PostgreSQL 17+; empty or
-/// missing: `None`).
+/// Failover as the source sees it: whether the slot is a failover slot, the
+/// primary's `synchronized_standby_slots` (PostgreSQL 17+; empty or missing:
+/// `None`), and which of the slots named there this server does not have.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailoverState {
     pub failover: Option<bool>,
     pub synchronized_standby_slots: Option<String>,
+    /// Names in `synchronized_standby_slots` that are not physical slots of
+    /// this server (`None`: none).
+    pub missing_standby_slots: Option<String>,
 }
+
+/// SQL: the names of `synchronized_standby_slots` that are not physical
+/// slots of this server, comma-separated, or NULL.
+pub const MISSING_STANDBY_SLOTS_SQL: &str = "(select string_agg(u.name, ', ')
+   from unnest(string_to_array(replace(coalesce(current_setting('synchronized_standby_slots', true), ''), ' ', ''), ',')) as u(name)
+  where u.name <> '' and not exists (select 1 from pg_replication_slots p where p.slot_name = u.name and p.slot_type = 'physical'))";
 
 impl FailoverState {
     /// A warning when the slot is a failover slot but no standby slot is
@@ -269,13 +278,30 @@ impl FailoverState {
             "the slot is a failover slot, but synchronized_standby_slots is empty on the primary: calendar-sync may apply transactions a standby has not received, and after that standby's promotion the calendar would show changes the new primary never had; set synchronized_standby_slots to the standby's physical slot (deploy/README.md, 'Failover')".to_string()
         })
     }
+
+    /// The failover slot gets nothing at all: PostgreSQL holds a failover
+    /// slot's changes back until every slot named in
+    /// `synchronized_standby_slots` has them, and a slot that does not exist
+    /// never will (typically a promoted standby that kept its old primary's
+    /// setting).
+    pub fn stall(&self) -> Option<String> {
+        let missing = self.missing_standby_slots.as_ref()?;
+        (self.failover == Some(true)).then(|| {
+            format!(
+                "synchronized_standby_slots names {missing}, which is not a physical replication slot of this server: PostgreSQL sends a failover slot nothing until it exists, so calendar-sync receives no changes (after a promotion: the old primary's setting? empty it, or name the new standby's physical slot; deploy/README.md, 'Failover')"
+            )
+        })
+    }
 }
 
 pub async fn failover_state(source: &Client, slot: &str) -> Result<FailoverState, SyncError> {
     let row = source
         .query_one(
-            "select (select (to_jsonb(s) ->> 'failover')::boolean from pg_replication_slots s where slot_name = $1),
-                    nullif(current_setting('synchronized_standby_slots', true), '')",
+            &format!(
+                "select (select (to_jsonb(s) ->> 'failover')::boolean from pg_replication_slots s where slot_name = $1),
+                        nullif(current_setting('synchronized_standby_slots', true), ''),
+                        {MISSING_STANDBY_SLOTS_SQL}"
+            ),
             &[&slot],
         )
         .await
@@ -283,6 +309,7 @@ pub async fn failover_state(source: &Client, slot: &str) -> Result<FailoverState
     Ok(FailoverState {
         failover: row.get(0),
         synchronized_standby_slots: row.get(1),
+        missing_standby_slots: row.get(2),
     })
 }
 
@@ -290,7 +317,9 @@ pub async fn failover_state(source: &Client, slot: &str) -> Result<FailoverState
 pub async fn report_failover(source: &Client, cfg: &Config) {
     match failover_state(source, &cfg.slot).await {
         Ok(state) => {
-            if let Some(w) = state.warning() {
+            if let Some(w) = state.stall() {
+                tracing::warn!(slot = %cfg.slot, "{w}");
+            } else if let Some(w) = state.warning() {
                 tracing::warn!(slot = %cfg.slot, "{w}");
             } else {
                 tracing::info!(slot = %cfg.slot, failover = ?state.failover, synchronized_standby_slots = ?state.synchronized_standby_slots, "slot failover state");
@@ -415,6 +444,21 @@ mod tests {
                 drop_unfinished: true
             })
         );
+    }
+
+    #[test]
+    fn a_standby_slot_the_server_lacks_stalls_only_a_failover_slot() {
+        let state = |failover, missing: Option<&str>| FailoverState {
+            failover,
+            synchronized_standby_slots: Some("standby1".into()),
+            missing_standby_slots: missing.map(String::from),
+        };
+        assert!(state(Some(true), Some("standby1"))
+            .stall()
+            .is_some_and(|w| w.contains("names standby1")));
+        assert_eq!(state(Some(false), Some("standby1")).stall(), None);
+        assert_eq!(state(Some(true), None).stall(), None);
+        assert_eq!(state(Some(true), None).warning(), None);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! IO: the replication session. [`client`] holds the slot, its lock and the
 //! start plan, [`snapshot`] the initial snapshot, [`preflight`] the checks of
 //! the server and the publication, [`runner`] the streaming loop and its
-//! reconnects.
+//! reconnects, [`standby`] what a failover standby must have before an
+//! acknowledgement.
 
 pub mod client;
 pub mod ownership;
@@ -9,5 +10,6 @@ pub mod preflight;
 pub mod resync;
 pub mod runner;
 pub mod snapshot;
+pub mod standby;
 
 pub use runner::{run, Shutdown};

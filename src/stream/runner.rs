@@ -17,7 +17,11 @@
 //! None of these passes a delivered transaction that other sessions cannot
 //! see yet (`visibility::Pending::ack_bound`): the slot's confirmed position
 //! names only transactions applied *and* visible, which `reconcile` relies
-//! on (issue 13).
+//! on (issue 13). With a failover slot and the calendar in the source
+//! database, none passes a source transaction whose calendar commit the
+//! standbys of `synchronized_standby_slots` have not flushed
+//! (`standby::StandbyGate::bound`, issue 14): a promoted standby then
+//! resumes before anything it lacks.
 //!
 //! Each of these is reported only after a publication check that began after
 //! the LSN was received has passed (`release_acks`, at every tick between
@@ -43,6 +47,7 @@ use crate::error::SyncError;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::pgoutput::{self, Message};
+use crate::stream::standby::{self, StandbyGate};
 use crate::stream::{client, ownership};
 use crate::txn::{Framer, Marker};
 
@@ -223,6 +228,7 @@ async fn session(
         framer: Framer::new(),
         relations: RelationCache::new(cfg.participants.clone(), tracked),
         last_commit_ts: None,
+        standby: (cfg.slot_failover && cfg.target_url.is_none()).then(StandbyGate::default),
     };
     let result = s.run(shutdown, progressed).await;
     metrics.set_streaming(false);
@@ -302,6 +308,9 @@ struct Streamer<'a> {
     framer: Framer,
     relations: RelationCache,
     last_commit_ts: Option<DateTime<Utc>>,
+    /// A failover slot with the calendar in the source database: the target
+    /// commits the failover standbys may still lack (`super::standby`).
+    standby: Option<StandbyGate>,
 }
 
 /// A schema the mapping cannot take, or an old key without the id (a replica
@@ -415,6 +424,12 @@ impl Streamer<'_> {
         let committed = self.writer.commit().await?;
         if let Some(lsn) = committed {
             tracing::debug!(%lsn, "applied a batch of source transactions");
+            if self.standby.is_some() {
+                let wal = standby::wal_now(&self.source).await?;
+                if let Some(gate) = self.standby.as_mut() {
+                    gate.committed(self.ackable, wal);
+                }
+            }
             self.ack(lsn);
             // Under a steady flow the tick (between transactions) may come
             // late: release at most every RELEASE_EVERY from here too.
@@ -584,9 +599,16 @@ impl Streamer<'_> {
         self.released_at = std::time::Instant::now();
         let pending = self.writer.pending();
         pending.refresh(&self.source).await?;
-        let upto = pending.ack_bound(self.ackable);
+        let mut upto = pending.ack_bound(self.ackable);
         if let Some((xid, lsn, held)) = pending.overdue() {
             tracing::warn!(xid, commit_lsn = %lsn, held_s = held.as_secs(), "a streamed transaction is applied but still not visible to other sessions (its commit waits for a synchronous standby? see pg_stat_activity wait_event SyncRep): the slot's confirmed position waits for it");
+        }
+        if let Some(gate) = self.standby.as_mut().filter(|g| g.is_waiting()) {
+            let flushed = standby::standby_flushed(&self.source).await?;
+            upto = gate.bound(upto, flushed);
+            if let Some((wal, held)) = gate.overdue() {
+                tracing::warn!(calendar_commit_wal = %wal, standby_flushed = ?flushed.map(|l| l.to_string()), held_s = held.as_secs(), "the calendar's commit has not reached the standbys of synchronized_standby_slots: the slot's confirmed position waits for it, so that a promoted standby resumes before what it lacks (is the standby down or lagging? see pg_stat_replication and pg_replication_slots on the primary)");
+            }
         }
         if upto <= self.acked {
             return Ok(());

@@ -6,14 +6,18 @@
 //! - this module: the test cluster, [`TestDb`], waits, the in-process
 //!   consumer ([`Running`]) and what it reports;
 //! - `binary`: the real binary (spawned with env, signals, bounded exits);
-//! - `http`: its HTTP surface (free port, GET, readiness, `/metrics`).
+//! - `http`: its HTTP surface (free port, GET, readiness, `/metrics`);
+//! - `failover`: a primary with a slot-synchronizing standby, and a TCP
+//!   proxy that plays the RDS endpoint.
 
 #![allow(dead_code)]
 
 mod binary;
+mod failover;
 mod http;
 
 pub use binary::*;
+pub use failover::*;
 pub use http::*;
 
 use std::future::Future;
