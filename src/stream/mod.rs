@@ -4,6 +4,7 @@
 //! reconnects, [`standby`] what a failover standby must have before an
 //! acknowledgement.
 
+pub mod acks;
 pub mod client;
 pub mod ownership;
 pub mod preflight;

@@ -47,6 +47,7 @@ use crate::error::SyncError;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::pgoutput::{self, Message};
+use crate::stream::acks::Acks;
 use crate::stream::standby::{self, StandbyGate};
 use crate::stream::{client, ownership};
 use crate::txn::{Framer, Marker};
@@ -218,12 +219,9 @@ async fn session(
         source,
         echo,
         metrics: metrics.clone(),
-        progress,
-        acked: Lsn::ZERO,
-        ackable: Lsn::ZERO,
         // The lag counts from what the server already has (resume) or from
         // the snapshot's consistent point, not from 0/0 until the first ack.
-        lag_base: server_has.map_or(progress, |c| c.max(progress)),
+        acks: Acks::new(progress, server_has),
         released_at: std::time::Instant::now(),
         framer: Framer::new(),
         relations: RelationCache::new(cfg.participants.clone(), tracked),
@@ -248,11 +246,11 @@ async fn session(
         Ok(Err(e)) => tracing::warn!(error = %e, "stopping without reporting the last applied transactions: the publication check failed; they are replayed (and skipped) on the next start"),
         Err(_) => tracing::warn!("stopping without reporting the last applied transactions: the publication check did not answer within 3 s; they are replayed (and skipped) on the next start"),
     }
-    finish(&mut s.repl, cfg, s.acked).await;
+    finish(&mut s.repl, cfg, s.acks.acked()).await;
     // Bounded: SIGTERM is answered within seconds.
     let _ = tokio::time::timeout(
         Duration::from_secs(2),
-        client::advance_released_slot(&s.source, &cfg.slot, s.acked),
+        client::advance_released_slot(&s.source, &cfg.slot, s.acks.acked()),
     )
     .await;
     result
@@ -295,14 +293,8 @@ struct Streamer<'a> {
     source: tokio_postgres::Client,
     echo: EchoKey,
     metrics: Metrics,
-    /// End LSN of the last source transaction applied (or known to need nothing).
-    progress: Lsn,
-    /// Highest LSN reported to the server as flushed.
-    acked: Lsn,
-    /// Highest LSN that may be reported, once the publication is checked.
-    ackable: Lsn,
-    /// Where the lag gauge counts from until `acked` passes it.
-    lag_base: Lsn,
+    /// Progress, what may be reported, what was (`super::acks`).
+    acks: Acks,
     /// When `release_acks` last ran its publication check.
     released_at: std::time::Instant,
     framer: Framer,
@@ -427,7 +419,7 @@ impl Streamer<'_> {
             if self.standby.is_some() {
                 let wal = standby::wal_now(&self.source).await?;
                 if let Some(gate) = self.standby.as_mut() {
-                    gate.committed(self.ackable, wal);
+                    gate.committed(self.acks.ackable(), wal);
                 }
             }
             self.ack(lsn);
@@ -445,18 +437,18 @@ impl Streamer<'_> {
     /// when there is nothing to report).
     async fn tick(&mut self, check_publication: bool) -> Result<(), SyncError> {
         self.writer
-            .retry_due(&self.cfg.participants, self.progress)
+            .retry_due(&self.cfg.participants, self.acks.progress())
             .await?;
         self.metrics
             .set_pending_failures(self.writer.pending_failures().await?);
         let wal_end = Lsn::from(self.repl.metrics().last_wal_end());
-        let behind = wal_end.0.saturating_sub(self.acked.max(self.lag_base).0);
+        let behind = wal_end.0.saturating_sub(self.acks.lag_from().0);
         let seconds = match (behind, self.last_commit_ts) {
             (0, _) | (_, None) => 0.0,
             (_, Some(ts)) => (Utc::now() - ts).num_milliseconds().max(0) as f64 / 1000.0,
         };
         self.metrics.set_lag(behind, seconds);
-        if self.ackable > self.acked {
+        if self.acks.wants_release() {
             self.release_acks().await?;
         } else if check_publication {
             client::check_publication(&self.source, self.cfg, self.relations.tracked()).await?;
@@ -478,7 +470,7 @@ impl Streamer<'_> {
                         Lsn::from(final_lsn),
                         xid,
                         pg_time(commit_time_micros),
-                        self.progress,
+                        self.acks.progress(),
                     )
                     .map_err(|e| fatal_stream(&e))?;
                 let replay = t.replay;
@@ -487,7 +479,7 @@ impl Streamer<'_> {
                 // visible (crate::visibility).
                 self.writer
                     .pending()
-                    .delivered(xid, Lsn::from(final_lsn), self.progress);
+                    .delivered(xid, Lsn::from(final_lsn), self.acks.progress());
                 if !replay {
                     self.writer.begin(BatchKind::Stream);
                 }
@@ -519,7 +511,7 @@ impl Streamer<'_> {
                     .commit(Lsn::from(lsn))
                     .map_err(|e| fatal_stream(&e))?;
                 let end_lsn = Lsn::from(end_lsn);
-                self.progress = self.progress.max(end_lsn);
+                self.acks.transaction_ended(end_lsn);
                 if t.applies() {
                     self.last_commit_ts = Some(t.commit_ts);
                 }
@@ -587,34 +579,36 @@ impl Streamer<'_> {
     /// Marks `lsn` as safe to report as flushed; `release_acks` reports it
     /// (monotonic; see the module docs for when).
     fn ack(&mut self, lsn: Lsn) {
-        self.ackable = self.ackable.max(lsn);
+        self.acks.mark(lsn);
     }
 
     /// Reports what `ack` marked, once the publication check, begun after all
     /// of it was received, has passed.
     async fn release_acks(&mut self) -> Result<(), SyncError> {
-        if self.ackable <= self.acked {
+        if !self.acks.wants_release() {
             return Ok(());
         }
         self.released_at = std::time::Instant::now();
+        // The gates' bounds (see `super::acks`).
+        let mut bounds = Vec::with_capacity(2);
         let pending = self.writer.pending();
         pending.refresh(&self.source).await?;
-        let mut upto = pending.ack_bound(self.ackable);
+        bounds.push(pending.ack_bound(self.acks.ackable()));
         if let Some((xid, lsn, held)) = pending.overdue() {
             tracing::warn!(xid, commit_lsn = %lsn, held_s = held.as_secs(), "a streamed transaction is applied but still not visible to other sessions (its commit waits for a synchronous standby? see pg_stat_activity wait_event SyncRep): the slot's confirmed position waits for it");
         }
         if let Some(gate) = self.standby.as_mut().filter(|g| g.is_waiting()) {
             let flushed = standby::standby_flushed(&self.source).await?;
-            upto = gate.bound(upto, flushed);
+            bounds.push(gate.bound(self.acks.ackable(), flushed));
             if let Some((wal, held)) = gate.overdue() {
                 tracing::warn!(calendar_commit_wal = %wal, standby_flushed = ?flushed.map(|l| l.to_string()), held_s = held.as_secs(), "the calendar's commit has not reached the standbys of synchronized_standby_slots: the slot's confirmed position waits for it, so that a promoted standby resumes before what it lacks (is the standby down or lagging? see pg_stat_replication and pg_replication_slots on the primary)");
             }
         }
-        if upto <= self.acked {
+        let Some(upto) = self.acks.releasable(&bounds) else {
             return Ok(());
-        }
+        };
         client::check_publication(&self.source, self.cfg, self.relations.tracked()).await?;
-        self.acked = upto;
+        self.acks.released(upto);
         self.repl.update_applied_lsn(upto.into());
         Ok(())
     }
