@@ -10,22 +10,6 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-/// xorshift64*: a seeded, dependency-free generator (the seed is printed so a
-/// failing run can be repeated).
-pub(crate) struct Rng(pub(crate) u64);
-
-impl Rng {
-    pub(crate) fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 fn spawn_killed_consumer(source: &TestDb, target: &TestDb, slot: &str) -> Child {
     binary()
         .args(["run"])
@@ -108,16 +92,7 @@ const LOG: &str = "select interaction_id::text || ' ' || action || ' ' ||
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_instants_ends_with_the_same_calendar_as_an_uninterrupted_run() {
-    let seed = std::env::var("CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64 | 1)
-                .unwrap_or(7)
-        });
-    eprintln!("crash test seed: CRASH_SEED={seed}");
+    let seed = seed("CRASH_SEED");
     let mut rng = Rng(seed);
     let source = TestDb::crm().await;
     let (target_a, target_b) = (TestDb::empty().await, TestDb::empty().await);

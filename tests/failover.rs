@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::crash::{random_transaction, Rng};
+use crate::crash::random_transaction;
 use crate::recovery::connect_retrying;
 use crate::support::*;
 
@@ -222,16 +222,8 @@ async fn a_promoted_standby_takes_the_stream_over_without_an_operator() {
     let Some(major) = major_with_failover_slots() else {
         return;
     };
-    let seed = std::env::var("FAILOVER_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64 | 1)
-                .unwrap_or(7)
-        });
-    eprintln!("failover test on PostgreSQL {major}, seed: FAILOVER_SEED={seed}");
+    let seed = seed("FAILOVER_SEED");
+    eprintln!("failover test on PostgreSQL {major}");
     let t0 = Instant::now();
     let mut rng = Rng(seed);
     let mut rig = Rig::start("failover", 200).await;

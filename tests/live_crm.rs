@@ -265,30 +265,6 @@ async fn a_retry_never_writes_a_state_older_than_a_committed_edit() {
     run.stop().await.expect("clean stop");
 }
 
-/// xorshift64*, seeded (the seed is printed).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
-    }
-}
-
-fn seed() -> u64 {
-    std::env::var("LIVE_CRM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64 | 1)
-                .unwrap_or(7)
-        })
-}
-
 /// Many small stamped CRM transactions with a `clock_timestamp()` trigger:
 /// every event shows the `updated_at` the CRM wrote, one log row per CRM
 /// action, no marker rejected; `reconcile --dry-run` finds nothing, before
@@ -297,9 +273,7 @@ fn seed() -> u64 {
 /// in the CRM row, and every stamp that came back as a CRM change would copy
 /// it); else the defaults (the trigger does not fire on a stamp).
 async fn stamped_workload(firing: bool) {
-    let seed = seed();
-    eprintln!("live CRM seed: LIVE_CRM_SEED={seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng(seed("LIVE_CRM_SEED"));
     let db = TestDb::crm_in(held_cluster()).await;
     db.migrate().await;
     let mut cfg = db.config();

@@ -414,6 +414,38 @@ pub async fn wait_streaming(db: &TestDb) {
     .await;
 }
 
+/// xorshift64*: a seeded, dependency-free generator for the random tests
+/// (the seed is printed so a failing run can be repeated, see [`seed`]).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A random test's seed: `$var` when set (to repeat a run), else from the
+/// clock; printed either way.
+pub fn seed(var: &str) -> u64 {
+    let seed = std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64 | 1)
+                .unwrap_or(7)
+        });
+    eprintln!("seed: {var}={seed}");
+    seed
+}
+
 /// A CRM transaction whose commit is streamed but not visible: its session
 /// commits with `synchronous_commit = on` on the test cluster, whose
 /// synchronous standby (`ghost`) never answers, so the commit record is
