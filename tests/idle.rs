@@ -113,6 +113,14 @@ async fn sigterm_in_the_middle_of_a_large_transaction_exits_zero_and_loses_nothi
     db.migrate().await;
     let mut child = spawn(&db, &[]);
     wait_streaming(&db).await;
+    // The batch's commit (its progress row) waits for this lock, so the
+    // SIGTERM lands while the target transaction is open, whatever the speed
+    // of the machine (the apply of 4,000 rows can take less than a poll).
+    let locker = connect(&db.url).await;
+    locker
+        .batch_execute("begin; lock table calendar_sync_progress in access exclusive mode")
+        .await
+        .expect("lock");
     db.client
         .batch_execute(&format!(
             "insert into interaction (interaction_type, subject, interaction_date, created_by)
@@ -132,6 +140,7 @@ async fn sigterm_in_the_middle_of_a_large_transaction_exits_zero_and_loses_nothi
     .await;
     assert!(applying, "never saw the large transaction being applied");
     let (code, took) = sigterm_and_wait(&mut child).await;
+    locker.batch_execute("rollback").await.expect("unlock");
     assert_eq!(code, Some(0), "exit code after SIGTERM");
     assert!(took < Duration::from_secs(10), "took {took:?}");
     let after_stop = db.count("select count(*) from calendar_sync_log").await;
