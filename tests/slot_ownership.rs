@@ -10,12 +10,14 @@ use calendar_sync::config::SecretUrl;
 use crate::support::*;
 
 /// Waits until a backend of `db`'s cluster waits for a lock in a statement
-/// that mentions `table`.
+/// that mentions `table` (not the test's own `lock table`, which may wait
+/// for a killed consumer's backend that has not noticed its end yet).
 async fn blocked_on(db: &TestDb, table: &str) {
     let blocked = wait_until(Duration::from_secs(60), || async {
         db.count(&format!(
             "select count(*) from pg_stat_activity
-              where wait_event_type = 'Lock' and query like '%{table}%' and pid <> pg_backend_pid()"
+              where wait_event_type = 'Lock' and query like '%{table}%' and pid <> pg_backend_pid()
+                and query not like '%lock table%'"
         ))
         .await
             > 0
