@@ -52,10 +52,7 @@ use tokio_postgres::Client;
 
 use crate::error::SyncError;
 use crate::lsn::Lsn;
-
-/// After this long, a pending transaction that holds acknowledgements back
-/// is logged (once).
-const WARN_AFTER: Duration = Duration::from_secs(30);
+use crate::stream::acks::Holdback;
 
 /// A snapshot taken now: its `xmax` and its listed in-progress xids (64-bit).
 const SNAPSHOT: &str = "select pg_snapshot_xmax(s)::text::bigint,
@@ -109,8 +106,8 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct Pending {
     queue: VecDeque<Entry>,
-    /// The first entry and since when it holds acknowledgements back.
-    holding: Option<(Entry, Instant, bool)>,
+    /// How long the first entry has held acknowledgements back.
+    holding: Holdback<Entry>,
 }
 
 impl Pending {
@@ -154,22 +151,11 @@ impl Pending {
     }
 
     /// Once per transaction that has held acknowledgements back for longer
-    /// than [`WARN_AFTER`]: its xid and commit LSN, for a warning.
+    /// than [`crate::stream::acks::HOLDBACK_WARN_AFTER`]: its xid and commit LSN, for a warning.
     pub fn overdue(&mut self) -> Option<(u32, Lsn, Duration)> {
-        let front = *self.queue.front()?;
-        match &mut self.holding {
-            Some((e, since, warned)) if *e == front => {
-                if !*warned && since.elapsed() >= WARN_AFTER {
-                    *warned = true;
-                    return Some((front.xid, front.final_lsn, since.elapsed()));
-                }
-                None
-            }
-            _ => {
-                self.holding = Some((front, Instant::now(), false));
-                None
-            }
-        }
+        self.holding
+            .observe(self.queue.front().copied())
+            .map(|(e, held)| (e.xid, e.final_lsn, held))
     }
 
     /// IO: one snapshot of the source; drops what is visible now.
@@ -364,6 +350,7 @@ async fn slot_state(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stream::acks::HOLDBACK_WARN_AFTER;
 
     /// A snapshot with `xmax` 1000 and these xids listed as running.
     fn running(xids: &[u32]) -> Snap {
@@ -438,10 +425,7 @@ mod tests {
         let mut p = Pending::new();
         p.delivered(10, Lsn(100), Lsn(50));
         assert_eq!(p.overdue(), None, "starts the clock");
-        if let Some((e, since, _)) = p.holding.as_mut() {
-            assert_eq!(e.xid, 10);
-            *since -= WARN_AFTER;
-        }
+        p.holding.age(HOLDBACK_WARN_AFTER);
         assert_eq!(p.overdue().map(|o| (o.0, o.1)), Some((10, Lsn(100))));
         assert_eq!(p.overdue(), None, "once");
         p.observe(&running(&[]));

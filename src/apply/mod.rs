@@ -10,9 +10,9 @@
 //! memory. Each chunk is decided in memory ([`plan`], pure) against its
 //! interactions' events, read in one query, and written with a handful of
 //! set-based statements (`unnest` arrays): deletes, updates, inserts, log rows,
-//! failures, resolutions. Its `calendar_synced_at` stamps go to the
-//! [`stamper`], which writes them on a session of its own while the next
-//! chunk is written, and commits them after the batch.
+//! failures, resolutions. Its `calendar_synced_at` stamps are held by the
+//! [`stamper`], which writes them on a session of its own once the batch has
+//! committed.
 //!
 //! [`Writer::commit`] ends the batch at a source-transaction boundary: the
 //! pending chunk is written, then the progress row (the end LSN of the last
@@ -32,7 +32,7 @@
 //! the failure queue (`calendar_sync_failures` + a `failed` log row), its
 //! neighbours commit. Row errors found while deciding (negative duration) need
 //! no statement to fail. A batch therefore takes one savepoint per chunk on
-//! the happy path (and its stamp transaction one per chunk), never one per
+//! the happy path (stamps take none), never one per
 //! change: the walsender decodes our own transactions without a
 //! subtransaction storm.
 //!

@@ -15,12 +15,13 @@
 //! - **invalid**: an interaction that cannot be mapped (negative duration...):
 //!   reported, not repaired, since the failure queue owns it.
 //!
-//! `updated_at`: our stamp writes `interaction.calendar_synced_at`, and a CRM
-//! trigger that bumps `updated_at` then moves it too, while the event keeps
-//! the user's last change (the stream ignores its own echo). So when the
-//! interaction's `updated_at` is at or before its `calendar_synced_at` (the
-//! last write to the row was the stamp, or came before it; the trigger and
-//! the stamp both take the stamp transaction's `now()`), a differing
+//! `updated_at`: by default our stamp sets off no CRM trigger (decision 52),
+//! so `updated_at` is the user's. Where triggers fire on it
+//! (`CALENDAR_SYNC_WRITE_SYNCED_AT=true`), one that bumps `updated_at` moves
+//! it while the event keeps the user's last change (the stream ignores its
+//! own echo). So when the interaction's `updated_at` is at most
+//! [`compare::STAMP_BUMP_WINDOW`] past its `calendar_synced_at` (the last
+//! write to the row was the stamp, or came before it), a differing
 //! `updated_at` is not drift, and a repair keeps the event's.
 //!
 //! # Repair, and why it is safe while `run` streams

@@ -22,7 +22,59 @@
 //! slot's confirmed position, or the snapshot's consistent point) until the
 //! first report passes it ([`Acks::lag_from`]).
 
+use std::time::{Duration, Instant};
+
 use crate::lsn::Lsn;
+
+/// After this long, what holds acknowledgements back is logged (once).
+pub const HOLDBACK_WARN_AFTER: Duration = Duration::from_secs(30);
+
+/// How long the first entry of a gate (`visibility::Pending`,
+/// `standby::StandbyGate`) has held acknowledgements back: each gate
+/// reports it once, after [`HOLDBACK_WARN_AFTER`].
+#[derive(Debug)]
+pub struct Holdback<T> {
+    holding: Option<(T, Instant, bool)>,
+}
+
+impl<T> Default for Holdback<T> {
+    fn default() -> Self {
+        Holdback { holding: None }
+    }
+}
+
+impl<T: PartialEq + Copy> Holdback<T> {
+    /// `front`: what holds acknowledgements back now, if anything. Returns
+    /// it, with how long it has, once it has held them for longer than
+    /// [`HOLDBACK_WARN_AFTER`]; the clock starts when it is first seen.
+    pub fn observe(&mut self, front: Option<T>) -> Option<(T, Duration)> {
+        let Some(front) = front else {
+            self.holding = None;
+            return None;
+        };
+        match &mut self.holding {
+            Some((held, since, warned)) if *held == front => {
+                if !*warned && since.elapsed() >= HOLDBACK_WARN_AFTER {
+                    *warned = true;
+                    return Some((front, since.elapsed()));
+                }
+                None
+            }
+            _ => {
+                self.holding = Some((front, Instant::now(), false));
+                None
+            }
+        }
+    }
+
+    /// Tests: as if what is held had been held `by` longer.
+    #[cfg(test)]
+    pub fn age(&mut self, by: Duration) {
+        if let Some((_, since, _)) = self.holding.as_mut() {
+            *since -= by;
+        }
+    }
+}
 
 /// See the module docs.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -33,6 +33,23 @@ pub struct SlotInfo {
     pub failover: Option<bool>,
 }
 
+#[cfg(test)]
+impl SlotInfo {
+    /// Tests: a healthy, inactive pgoutput slot of this database, confirmed
+    /// up to `confirmed_flush`.
+    pub(crate) fn sample(confirmed_flush: Lsn) -> SlotInfo {
+        SlotInfo {
+            this_database: true,
+            active_pid: None,
+            wal_status: Some("reserved".into()),
+            plugin: Some("pgoutput".into()),
+            database: Some("crm".into()),
+            confirmed_flush: Some(confirmed_flush),
+            failover: None,
+        }
+    }
+}
+
 pub async fn slot_info(source: &Client, slot: &str) -> Result<Option<SlotInfo>, SyncError> {
     let row = source
         .query_opt(
@@ -411,15 +428,7 @@ mod tests {
     use super::*;
 
     fn slot() -> SlotInfo {
-        SlotInfo {
-            this_database: true,
-            active_pid: None,
-            wal_status: Some("reserved".into()),
-            plugin: Some("pgoutput".into()),
-            database: Some("crm".into()),
-            confirmed_flush: Some(Lsn(100)),
-            failover: None,
-        }
+        SlotInfo::sample(Lsn(100))
     }
 
     #[test]

@@ -208,15 +208,7 @@ mod tests {
     }
 
     fn slot() -> SlotInfo {
-        SlotInfo {
-            this_database: true,
-            active_pid: None,
-            wal_status: Some("reserved".into()),
-            plugin: Some("pgoutput".into()),
-            database: Some("crm".into()),
-            confirmed_flush: Some(Lsn(0x2000)),
-            failover: None,
-        }
+        SlotInfo::sample(Lsn(0x2000))
     }
 
     #[test]

@@ -29,17 +29,14 @@
 //! start log and `status` warn about that already).
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio_postgres::types::PgLsn;
 use tokio_postgres::Client;
 
 use crate::error::SyncError;
 use crate::lsn::Lsn;
-
-/// After this long, a target commit that holds acknowledgements back is
-/// logged (once).
-const WARN_AFTER: Duration = Duration::from_secs(30);
+use crate::stream::acks::Holdback;
 
 /// A target commit not yet known flushed on the standbys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,9 +51,8 @@ struct Commit {
 #[derive(Debug, Default)]
 pub struct StandbyGate {
     waiting: VecDeque<Commit>,
-    /// The commit holding acknowledgements back, since when, and whether that
-    /// was logged.
-    holding: Option<(Commit, Instant, bool)>,
+    /// How long the first commit has held acknowledgements back.
+    holding: Holdback<Commit>,
 }
 
 impl StandbyGate {
@@ -90,25 +86,11 @@ impl StandbyGate {
     }
 
     /// Once per target commit that has held acknowledgements back for longer
-    /// than [`WARN_AFTER`]: its WAL position and how long, for a warning.
+    /// than [`crate::stream::acks::HOLDBACK_WARN_AFTER`]: its WAL position and how long, for a warning.
     pub fn overdue(&mut self) -> Option<(Lsn, Duration)> {
-        let Some(front) = self.waiting.front().copied() else {
-            self.holding = None;
-            return None;
-        };
-        match &mut self.holding {
-            Some((c, since, warned)) if *c == front => {
-                if !*warned && since.elapsed() >= WARN_AFTER {
-                    *warned = true;
-                    return Some((front.wal, since.elapsed()));
-                }
-                None
-            }
-            _ => {
-                self.holding = Some((front, Instant::now(), false));
-                None
-            }
-        }
+        self.holding
+            .observe(self.waiting.front().copied())
+            .map(|(c, held)| (c.wal, held))
     }
 }
 
@@ -148,6 +130,7 @@ pub async fn standby_flushed(source: &Client) -> Result<Option<Lsn>, SyncError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stream::acks::HOLDBACK_WARN_AFTER;
 
     #[test]
     fn nothing_waiting_bounds_nothing() {
@@ -184,10 +167,7 @@ mod tests {
         assert_eq!(g.overdue(), None);
         g.committed(Lsn(100), Lsn(200));
         assert_eq!(g.overdue(), None, "the first look starts the clock");
-        if let Some((c, since, _)) = &mut g.holding {
-            *since = Instant::now() - WARN_AFTER;
-            assert_eq!(c.wal, Lsn(200));
-        }
+        g.holding.age(HOLDBACK_WARN_AFTER);
         assert_eq!(g.overdue().map(|(wal, _)| wal), Some(Lsn(200)));
         assert_eq!(g.overdue(), None, "once");
     }
