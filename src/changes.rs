@@ -30,14 +30,8 @@ use uuid::Uuid;
 use crate::config::ParticipantSchema;
 use crate::mapping::value;
 use crate::mapping::{InteractionColumns, InteractionRow, RowError, SchemaError};
+use crate::participants::Party;
 use crate::pgoutput::{DecodeError, Message, OldTuple, Relation, RelationId, Tuple, TupleValue};
-
-/// Which participant source table changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Party {
-    Customer,
-    Contact,
-}
 
 /// One change calendar-sync acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,26 +184,20 @@ impl RelationCache {
         let t = &self.tracked;
         let map = if rel.id == t.interaction.oid {
             TableMap::Interaction(InteractionColumns::from_relation(rel)?)
-        } else if rel.id == t.customer.oid {
+        } else if let Some(party) = [(Party::Customer, &t.customer), (Party::Contact, &t.contact)]
+            .into_iter()
+            .find_map(|(party, table)| (rel.id == table.oid).then_some(party))
+        {
             TableMap::Party {
-                party: Party::Customer,
-                id: position(rel, &s.customer_id)?,
-                names: vec![position(rel, &s.customer_name)?],
+                party,
+                id: position(rel, party.id_column(s))?,
+                names: party
+                    .name_columns(s)
+                    .into_iter()
+                    .map(|c| position(rel, c))
+                    .collect::<Result<_, _>>()?,
                 table: rel.name.clone(),
-                id_column: s.customer_id.clone(),
-                width: rel.columns.len(),
-            }
-        } else if rel.id == t.contact.oid {
-            TableMap::Party {
-                party: Party::Contact,
-                id: position(rel, &s.contact_id)?,
-                names: vec![
-                    position(rel, &s.contact_first_name)?,
-                    position(rel, &s.contact_last_name)?,
-                    position(rel, &s.contact_email)?,
-                ],
-                table: rel.name.clone(),
-                id_column: s.contact_id.clone(),
+                id_column: party.id_column(s).to_string(),
                 width: rel.columns.len(),
             }
         } else if let Some(ours) = t
@@ -413,12 +401,9 @@ fn party_change(
         expected: b.expected,
         found: b.found,
     })?;
-    let name = names.and_then(|names| match party {
-        Party::Customer => names.first().and_then(|p| text(t, *p)).map(str::to_string),
-        Party::Contact => {
-            let get = |i: usize| names.get(i).and_then(|p| text(t, *p));
-            crate::mapping::fields::contact_name(get(0), get(1), get(2))
-        }
+    let name = names.and_then(|names| {
+        let parts: Vec<Option<&str>> = names.iter().map(|p| text(t, *p)).collect();
+        party.display_name(&parts)
     });
     Ok(SourceChange::PartyChanged {
         party,

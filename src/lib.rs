@@ -35,6 +35,7 @@ pub mod lsn;
 pub mod mapping;
 pub mod metrics;
 pub mod migrate;
+pub mod participants;
 pub mod pgcluster;
 pub mod pgoutput;
 pub mod reconcile;

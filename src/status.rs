@@ -278,30 +278,31 @@ pub async fn status(cfg: &Config, max_lag_seconds: u64) -> Result<Status, SyncEr
             .try_get(15)
             .map_err(db_err("reading synchronized_standby_slots"))?,
     };
-    let (health, problems) = judge(&st);
+    let (health, problems) = Health::of(&st);
     st.health = health;
     st.problems = problems;
     Ok(st)
 }
 
-/// The verdict and its reasons. Pure: a function of the fields.
-pub fn judge(s: &Status) -> (Health, Vec<String>) {
-    let mut broken = Vec::new();
-    let mut degraded = Vec::new();
-    if s.wal_level != "logical" {
-        broken.push(format!(
+impl Health {
+    /// The verdict and its reasons. Pure: a function of the fields.
+    pub fn of(s: &Status) -> (Health, Vec<String>) {
+        let mut broken = Vec::new();
+        let mut degraded = Vec::new();
+        if s.wal_level != "logical" {
+            broken.push(format!(
             "wal_level is {}, not logical: set it (on RDS: rds.logical_replication = 1) and restart the server",
             s.wal_level
         ));
-    }
-    if !s.publication_exists {
-        broken.push(format!(
-            "publication {} is missing: run `calendar-sync migrate`",
-            s.publication
-        ));
-    }
-    if !s.slot_exists {
-        broken.push(format!(
+        }
+        if !s.publication_exists {
+            broken.push(format!(
+                "publication {} is missing: run `calendar-sync migrate`",
+                s.publication
+            ));
+        }
+        if !s.slot_exists {
+            broken.push(format!(
             "replication slot {} is missing{}",
             s.slot,
             if s.progress_lsn.is_some() {
@@ -310,64 +311,65 @@ pub fn judge(s: &Status) -> (Health, Vec<String>) {
                 ": `run` creates it"
             }
         ));
-    } else if s.wal_status.as_deref() == Some("lost") {
-        broken.push(format!(
+        } else if s.wal_status.as_deref() == Some("lost") {
+            broken.push(format!(
             "replication slot {} was invalidated (wal_status = lost): the WAL it needed is gone; raise max_slot_wal_keep_size, then start over with `calendar-sync run --resync` once",
             s.slot
         ));
-    }
-    if s.slot_exists && !s.slot_active {
-        degraded.push(format!(
+        }
+        if s.slot_exists && !s.slot_active {
+            degraded.push(format!(
             "replication slot {} is inactive: no calendar-sync is streaming (the server keeps WAL for it meanwhile)",
             s.slot
         ));
-    }
-    if s.slot_owned_here == Some(false) {
-        broken.push(format!(
+        }
+        if s.slot_owned_here == Some(false) {
+            broken.push(format!(
             "replication slot {} is claimed by another deployment (target {}): this one's `run` refuses it; give it its own CALENDAR_SYNC_SLOT",
             s.slot,
             s.slot_owner.as_deref().unwrap_or("?")
         ));
-    }
-    if s.resync_pending {
-        degraded.push(
+        }
+        if s.resync_pending {
+            degraded.push(
             "a start-over (`run --resync`) has not finished: the next `run` completes it (a new snapshot, then the events of interactions deleted meanwhile are removed)".into(),
         );
+        }
+        let failover = crate::stream::client::FailoverState {
+            failover: s.slot_failover,
+            synchronized_standby_slots: s.synchronized_standby_slots.clone(),
+            missing_standby_slots: s.missing_standby_slots.clone(),
+        };
+        if let Some(w) = failover.stall() {
+            broken.push(w);
+        } else if let Some(w) = failover.warning() {
+            degraded.push(w);
+        }
+        if s.wal_status.as_deref() == Some("unreserved") {
+            degraded.push("the slot's WAL is past max_slot_wal_keep_size (wal_status = unreserved): it is invalidated at the next checkpoint unless the consumer catches up".into());
+        }
+        if let Some(lag) = s.lag_seconds.filter(|l| *l > s.max_lag_seconds as f64) {
+            degraded.push(format!(
+                "lag {lag:.0} s is over --max-lag-seconds {}",
+                s.max_lag_seconds
+            ));
+        }
+        if s.pending_failures > 0 {
+            degraded.push(format!(
+                "{} failure(s) pending: `calendar-sync failures list`",
+                s.pending_failures
+            ));
+        }
+        let health = if !broken.is_empty() {
+            Health::Broken
+        } else if !degraded.is_empty() {
+            Health::Degraded
+        } else {
+            Health::Healthy
+        };
+        broken.extend(degraded);
+        (health, broken)
     }
-    let failover = crate::stream::client::FailoverState {
-        failover: s.slot_failover,
-        synchronized_standby_slots: s.synchronized_standby_slots.clone(),
-        missing_standby_slots: s.missing_standby_slots.clone(),
-    };
-    if let Some(w) = failover.stall() {
-        broken.push(w);
-    } else if let Some(w) = failover.warning() {
-        degraded.push(w);
-    }
-    if s.wal_status.as_deref() == Some("unreserved") {
-        degraded.push("the slot's WAL is past max_slot_wal_keep_size (wal_status = unreserved): it is invalidated at the next checkpoint unless the consumer catches up".into());
-    }
-    if let Some(lag) = s.lag_seconds.filter(|l| *l > s.max_lag_seconds as f64) {
-        degraded.push(format!(
-            "lag {lag:.0} s is over --max-lag-seconds {}",
-            s.max_lag_seconds
-        ));
-    }
-    if s.pending_failures > 0 {
-        degraded.push(format!(
-            "{} failure(s) pending: `calendar-sync failures list`",
-            s.pending_failures
-        ));
-    }
-    let health = if !broken.is_empty() {
-        Health::Broken
-    } else if !degraded.is_empty() {
-        Health::Degraded
-    } else {
-        Health::Healthy
-    };
-    broken.extend(degraded);
-    (health, broken)
 }
 
 /// `status --json` when the databases cannot be read at all.
@@ -548,7 +550,7 @@ mod tests {
     #[test]
     fn a_lost_slot_is_broken_and_names_the_way_back() {
         let mut s = lost_slot();
-        let (health, problems) = judge(&s);
+        let (health, problems) = Health::of(&s);
         assert_eq!(health, Health::Broken);
         assert!(
             problems[0].contains("wal_status = lost")
@@ -573,7 +575,7 @@ mod tests {
             missing_standby_slots: Some("standby1".into()),
             ..lost_slot()
         };
-        let (health, problems) = judge(&s);
+        let (health, problems) = Health::of(&s);
         assert_eq!(health, Health::Broken);
         assert!(
             problems.len() == 1 && problems[0].contains("names standby1"),
@@ -588,6 +590,6 @@ mod tests {
             "{s}"
         );
         s.missing_standby_slots = None;
-        assert_eq!(judge(&s), (Health::Healthy, Vec::new()));
+        assert_eq!(Health::of(&s), (Health::Healthy, Vec::new()));
     }
 }

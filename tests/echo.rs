@@ -39,7 +39,7 @@ async fn own_writes_with_the_updated_at_trigger_are_ignored_and_the_idle_slot_ke
     let stamped = stamp().await;
     let applied = run.metrics.action_count(
         calendar_sync::mapping::Action::Update,
-        calendar_sync::metrics::Status::Success,
+        calendar_sync::mapping::Outcome::Success,
     );
     // Two more barriers: with an echo loop, each stamp would be applied as an
     // update (the trigger changed updated_at), stamped again, and so on.
@@ -53,7 +53,7 @@ async fn own_writes_with_the_updated_at_trigger_are_ignored_and_the_idle_slot_ke
     assert_eq!(
         run.metrics.action_count(
             calendar_sync::mapping::Action::Update,
-            calendar_sync::metrics::Status::Success
+            calendar_sync::mapping::Outcome::Success
         ),
         applied
     );
@@ -71,15 +71,6 @@ async fn own_writes_with_the_updated_at_trigger_are_ignored_and_the_idle_slot_ke
 }
 
 /// Waits until the consumer of `slot` has committed its initial snapshot in `target`.
-async fn wait_snapshot(target: &TestDb, slot: &str) {
-    target
-        .wait_count(
-            &format!("select count(*) from calendar_sync_progress where slot_name = '{slot}'"),
-            1,
-        )
-        .await;
-}
-
 /// Issue 9: a CRM role may call `pg_logical_emit_message` with calendar-sync's
 /// prefix, but that does not make its transaction calendar-sync's: the archive
 /// and the delete reach the calendar, and the consumer says what it saw. The
@@ -210,8 +201,8 @@ async fn two_consumers_on_one_database_never_echo_each_other() {
         .expect("migrate b");
     let ra = Running::start(a);
     let rb = Running::start(b);
-    wait_snapshot(&ta, &slot_a).await;
-    wait_snapshot(&tb, &slot_b).await;
+    wait_streaming_into(&source, &ta, &slot_a).await;
+    wait_streaming_into(&source, &tb, &slot_b).await;
     let id = source.insert("Seen twice", "now()", "").await;
     for t in [&ta, &tb] {
         t.wait_count(

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use calendar_sync::config::Stamping;
 use calendar_sync::mapping::Action;
-use calendar_sync::metrics::Status;
+use calendar_sync::mapping::Outcome;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -392,7 +392,7 @@ async fn stamped_workload(firing: bool) {
     );
     assert_eq!(run.metrics.echo_rejected_count(), 0);
     assert_eq!(
-        run.metrics.action_count(Action::Update, Status::Success),
+        run.metrics.action_count(Action::Update, Outcome::Success),
         updates as u64
     );
 

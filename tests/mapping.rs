@@ -200,6 +200,42 @@ async fn participants_leave_nulls_out_and_are_empty_when_none() {
     run.stop().await.expect("clean stop");
 }
 
+/// The participants rule has a Rust side (the stream, the snapshot, retries)
+/// and a SQL twin (the set-based refresh after a rename): they agree on every
+/// combination of missing, NULL, empty and blank names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sql_participants_rule_agrees_with_the_rust_rule_for_null_and_blank_names() {
+    use calendar_sync::participants::{participants, participants_sql};
+    let db = TestDb::empty().await;
+    let sql = format!("select {}", participants_sql("$1::text", "$2::text"));
+    let names = [
+        None,
+        Some(""),
+        Some(" "),
+        Some("Acme"),
+        Some("NULL"),
+        Some("a \"b\""),
+    ];
+    let mut checked = 0;
+    for customer in names {
+        for contact in names {
+            let from_sql: Vec<String> = db
+                .client
+                .query_one(sql.as_str(), &[&customer, &contact])
+                .await
+                .expect("participants in SQL")
+                .get(0);
+            let from_rust = participants(customer.map(str::to_string), contact.map(str::to_string));
+            assert_eq!(
+                from_sql, from_rust,
+                "customer {customer:?}, contact {contact:?}"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, names.len() * names.len());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renaming_a_customer_or_contact_refreshes_participants_of_its_events() {
     let (db, run) = started_with("UTC").await;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use calendar_sync::mapping::Action;
-use calendar_sync::metrics::Status;
+use calendar_sync::mapping::Outcome;
 use calendar_sync::pgcluster::LocalCluster;
 use tokio::sync::watch;
 use tokio_postgres::{Client, NoTls};
@@ -468,7 +468,7 @@ async fn a_second_consumer_on_the_same_slot_waits_and_takes_over_when_the_first_
     .await;
     db.barrier().await;
     assert_eq!(
-        b.metrics.action_count(Action::Create, Status::Success),
+        b.metrics.action_count(Action::Create, Outcome::Success),
         1,
         "B applied the second insert (and only it)"
     );

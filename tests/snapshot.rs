@@ -185,6 +185,34 @@ async fn a_slot_whose_snapshot_never_committed_is_taken_again() {
     run.stop().await.expect("clean stop");
 }
 
+/// The snapshot's progress row carries the snapshot's own time (the source
+/// state it copied), not the moment its batch committed: `commit_time` is
+/// before the batch's transaction began (`snapshot_at`, its `now()`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_snapshot_progress_is_dated_at_the_snapshot_not_at_its_commit() {
+    let db = TestDb::crm().await;
+    db.insert("existing", "now()", "").await;
+    db.migrate().await;
+    let run = Running::start(db.config());
+    wait_streaming(&db).await;
+    let r = db
+        .client
+        .query_one(
+            "select commit_time < snapshot_at, commit_time::text, snapshot_at::text
+               from calendar_sync_progress where slot_name = $1",
+            &[&db.name],
+        )
+        .await
+        .expect("progress row");
+    assert!(
+        r.get::<_, bool>(0),
+        "commit_time {} should be the snapshot's time, before the batch began at {}",
+        r.get::<_, String>(1),
+        r.get::<_, String>(2)
+    );
+    run.stop().await.expect("clean stop");
+}
+
 /// PostgreSQL does not hold a slot while its exported snapshot is copied, so a
 /// second instance starting then must wait (the slot's advisory lock), not
 /// take the slot for an interrupted one and drop it under the first.

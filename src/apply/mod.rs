@@ -49,9 +49,8 @@
 //! both first wait until what the stream delivered is visible
 //! ([`crate::visibility`], whose [`Pending`] the writer owns).
 
-pub(crate) mod apply_batch;
-mod current;
 pub(crate) mod event;
+pub(crate) mod live;
 mod party;
 pub mod plan;
 mod retry;
@@ -67,14 +66,16 @@ use tokio_postgres::types::PgLsn;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use crate::changes::{Party, SourceChange};
+use crate::changes::SourceChange;
 use crate::config::{BatchLimits, Config};
 use crate::error::SyncError;
 use crate::lsn::Lsn;
 use crate::mapping::Action;
-use crate::metrics::{Metrics, Status};
+use crate::mapping::Outcome;
+use crate::metrics::Metrics;
+use crate::participants::Party;
 use crate::visibility::Pending;
-pub use current::Current;
+pub use live::{LiveChange, LiveInteraction};
 pub use plan::RowChange;
 pub use retry::retry_due_once;
 
@@ -87,19 +88,87 @@ pub const STAMPS_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(5
 pub enum BatchKind {
     /// Source transactions from the stream; progress = the end LSN of the last.
     Stream,
-    /// The initial snapshot, applied like a stream of INSERTs, ending at the
-    /// slot's consistent point.
-    Snapshot { consistent_point: Lsn },
-    /// Failure retries from the interactions' current state; no progress.
+    /// The initial snapshot, applied like a stream of INSERTs at the
+    /// snapshot's time `taken_at`, ending at the slot's consistent point.
+    Snapshot {
+        consistent_point: Lsn,
+        taken_at: DateTime<Utc>,
+    },
+    /// Failure retries from the interactions' live state; no progress.
     Retry,
-    /// `reconcile` (and `run --resync`) repairs: interactions' current state
+    /// `reconcile` (and `run --resync`) repairs: interactions' live state
     /// and deletes of events whose interaction is gone; no progress.
     Reconcile,
+}
+
+/// What each kind of batch carries besides its changes.
+enum BatchData {
+    /// The end LSN and commit time of the last source transaction that ended
+    /// in it (`None` until one has).
+    Stream { end: Option<(Lsn, DateTime<Utc>)> },
+    /// Its progress row: the consistent point, committed at the snapshot's time.
+    Snapshot {
+        consistent_point: Lsn,
+        taken_at: DateTime<Utc>,
+    },
+    /// Participant names read with the rows, overriding the names table
+    /// (which is as of the stream's progress, not of now).
+    Live {
+        retry: bool,
+        names: HashMap<(Party, Uuid), Option<String>>,
+    },
+}
+
+impl BatchData {
+    fn new(kind: BatchKind) -> BatchData {
+        match kind {
+            BatchKind::Stream => BatchData::Stream { end: None },
+            BatchKind::Snapshot {
+                consistent_point,
+                taken_at,
+            } => BatchData::Snapshot {
+                consistent_point,
+                taken_at,
+            },
+            BatchKind::Retry | BatchKind::Reconcile => BatchData::Live {
+                retry: kind == BatchKind::Retry,
+                names: HashMap::new(),
+            },
+        }
+    }
+
+    /// The progress row this batch commits with, if any: the position every
+    /// change of it is applied through, and that position's commit time.
+    fn progress(&self) -> Option<(Lsn, DateTime<Utc>)> {
+        match self {
+            BatchData::Stream { end } => *end,
+            BatchData::Snapshot {
+                consistent_point,
+                taken_at,
+            } => Some((*consistent_point, *taken_at)),
+            BatchData::Live { .. } => None,
+        }
+    }
+}
+
+/// What a committed batch means for the stream's acknowledgements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// No batch was open, or a stream batch in which no source transaction
+    /// ended: nothing moved.
+    Nothing,
+    /// Every source change through this LSN is in the target (a stream
+    /// batch: the end of its last source transaction; the snapshot: the
+    /// consistent point), with the progress row: it may be acknowledged.
+    Through(Lsn),
+    /// A live-state batch (retries, reconcile): written, no source position.
+    Live,
 }
 
 /// The open batch (one target transaction).
 struct Batch {
     kind: BatchKind,
+    data: BatchData,
     /// The target transaction has begun (lazily, at the first write).
     open: bool,
     /// Interaction changes not written yet (the chunk).
@@ -108,33 +177,40 @@ struct Batch {
     /// Changes pushed since the batch began (the commit bound).
     changes: usize,
     started: Instant,
-    /// End LSN and commit time of the last source transaction that ended in it.
-    end: Option<(Lsn, DateTime<Utc>)>,
     /// Actions written, counted into the metrics once committed.
     counts: [[u64; 2]; 4],
-    /// Retries only: participant names read with the rows, overriding the
-    /// names table (which is as of the stream's progress, not of now).
-    names: HashMap<(Party, Uuid), Option<String>>,
 }
 
 impl Batch {
     fn new(kind: BatchKind) -> Batch {
         Batch {
             kind,
+            data: BatchData::new(kind),
             open: false,
             chunk: Vec::new(),
             chunk_bytes: 0,
             changes: 0,
             started: Instant::now(),
-            end: None,
             counts: [[0; 2]; 4],
-            names: HashMap::new(),
         }
     }
 
-    fn count(&mut self, action: Action, status: Status, n: u64) {
+    /// A retry batch (its failures count and back off).
+    fn is_retry(&self) -> bool {
+        matches!(self.data, BatchData::Live { retry: true, .. })
+    }
+
+    /// A live-state batch's names read with its rows.
+    fn live_names(&self) -> Option<&HashMap<(Party, Uuid), Option<String>>> {
+        match &self.data {
+            BatchData::Live { names, .. } => Some(names),
+            _ => None,
+        }
+    }
+
+    fn count(&mut self, action: Action, status: Outcome, n: u64) {
         let a = Action::ALL.iter().position(|x| *x == action).unwrap_or(0);
-        let s = usize::from(status == Status::Failed);
+        let s = usize::from(status == Outcome::Failed);
         self.counts[a][s] += n;
     }
 }
@@ -228,7 +304,9 @@ impl Writer {
 
     /// The open batch holds at least one ended source transaction.
     pub fn has_uncommitted(&self) -> bool {
-        self.batch.as_ref().is_some_and(|b| b.end.is_some())
+        self.batch
+            .as_ref()
+            .is_some_and(|b| matches!(b.data, BatchData::Stream { end: Some(_) }))
     }
 
     /// The open batch reached its size or age bound (commit at the next
@@ -243,8 +321,12 @@ impl Writer {
     /// open batch; also one with nothing for us, so that its end is confirmed
     /// with the batch and never before the transactions ahead of it.
     pub fn end_source_txn(&mut self, end_lsn: Lsn, ts: DateTime<Utc>) {
-        if let Some(b) = self.batch.as_mut() {
-            b.end = Some((end_lsn, ts));
+        if let Some(Batch {
+            data: BatchData::Stream { end },
+            ..
+        }) = self.batch.as_mut()
+        {
+            *end = Some((end_lsn, ts));
         }
     }
 
@@ -334,26 +416,31 @@ impl Writer {
     }
 
     /// Ends the batch: writes the pending chunk, the progress row (stream and
-    /// snapshot batches) and commits. Returns the LSN that may now be reported
-    /// as flushed (`None` for retries, or when the batch was empty).
-    pub async fn commit(&mut self) -> Result<Option<Lsn>, SyncError> {
+    /// snapshot batches) and commits. Says what the commit means for the
+    /// acknowledgements ([`Committed`]).
+    pub async fn commit(&mut self) -> Result<Committed, SyncError> {
         self.flush().await?;
         let Some(b) = self.batch.take() else {
-            return Ok(None);
+            return Ok(Committed::Nothing);
         };
-        let end = match b.kind {
-            BatchKind::Stream => b.end,
-            BatchKind::Snapshot { consistent_point } => {
-                Some((consistent_point, b.end.map_or_else(Utc::now, |e| e.1)))
-            }
-            BatchKind::Retry | BatchKind::Reconcile => None,
+        let end = b.data.progress();
+        let committed = match (&b.data, end) {
+            (BatchData::Live { .. }, _) => Committed::Live,
+            (_, Some((lsn, _))) => Committed::Through(lsn),
+            (_, None) => Committed::Nothing,
         };
         if !b.open {
             // Nothing was written: nothing needs to be durable.
-            if let (BatchKind::Stream, Some((end_lsn, _))) = (b.kind, end) {
-                self.applied_through = self.applied_through.max(end_lsn);
+            if let (
+                BatchData::Stream {
+                    end: Some((end_lsn, _)),
+                },
+                _,
+            ) = (&b.data, end)
+            {
+                self.applied_through = self.applied_through.max(*end_lsn);
             }
-            return Ok(end.map(|e| e.0));
+            return Ok(committed);
         }
         if let Err(e) = self.write_progress_and_commit(end).await {
             if let Some(s) = self.stamper.as_mut() {
@@ -364,11 +451,14 @@ impl Writer {
         if let Some(s) = self.stamper.as_mut() {
             s.commit().await;
         }
-        if let (BatchKind::Stream, Some((end_lsn, _))) = (b.kind, end) {
+        if let BatchData::Stream {
+            end: Some((end_lsn, _)),
+        } = b.data
+        {
             self.applied_through = self.applied_through.max(end_lsn);
         }
         for (a, action) in Action::ALL.iter().enumerate() {
-            for (s, status) in [Status::Success, Status::Failed].iter().enumerate() {
+            for (s, status) in [Outcome::Success, Outcome::Failed].iter().enumerate() {
                 if b.counts[a][s] > 0 {
                     self.metrics.actions(*action, *status, b.counts[a][s]);
                 }
@@ -377,7 +467,7 @@ impl Writer {
         if let Some((end_lsn, commit_ts)) = end {
             self.metrics.transaction_applied(end_lsn, commit_ts);
         }
-        Ok(end.map(|e| e.0))
+        Ok(committed)
     }
 
     /// The progress row (stream and snapshot batches) and the commit.
@@ -445,8 +535,15 @@ impl Writer {
 
     /// A participant name read together with a retried row.
     pub(crate) fn remember_name(&mut self, party: Party, id: Option<Uuid>, name: Option<String>) {
-        if let (Some(b), Some(id)) = (self.batch.as_mut(), id) {
-            b.names.insert((party, id), name);
+        if let (
+            Some(Batch {
+                data: BatchData::Live { names, .. },
+                ..
+            }),
+            Some(id),
+        ) = (self.batch.as_mut(), id)
+        {
+            names.insert((party, id), name);
         }
     }
 

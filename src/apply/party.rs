@@ -11,32 +11,11 @@ use tokio_postgres::types::PgLsn;
 use uuid::Uuid;
 
 use super::{db, Writer};
-use crate::changes::Party;
 use crate::error::SyncError;
 use crate::lsn::Lsn;
 use crate::mapping::Action;
-use crate::metrics::Status;
-
-impl Party {
-    /// `calendar_sync_party_names.party`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Party::Customer => "customer",
-            Party::Contact => "contact",
-        }
-    }
-
-    /// The inverse of [`Party::as_str`]; anything else is not a party (a
-    /// row of `calendar_sync_party_names` written by something else), never
-    /// silently a contact.
-    pub fn parse(s: &str) -> Option<Party> {
-        match s {
-            "customer" => Some(Party::Customer),
-            "contact" => Some(Party::Contact),
-            _ => None,
-        }
-    }
-}
+use crate::mapping::Outcome;
+use crate::participants::Party;
 
 impl Writer {
     /// A customer or contact was inserted or updated (`name`: its display
@@ -81,7 +60,7 @@ impl Writer {
             tracing::debug!(?party, %id, events = updated, "refreshed participants");
         }
         if let Some(b) = self.batch.as_mut() {
-            b.count(Action::Update, Status::Success, updated);
+            b.count(Action::Update, Outcome::Success, updated);
         }
         Ok(())
     }
@@ -96,7 +75,7 @@ impl Writer {
             .map_err(db("deleting events after TRUNCATE interaction"))?;
         tracing::info!(events = n, lsn = %lsn, "interaction truncated: deleted its events");
         if let Some(b) = self.batch.as_mut() {
-            b.count(Action::Delete, Status::Success, n);
+            b.count(Action::Delete, Outcome::Success, n);
         }
         Ok(())
     }

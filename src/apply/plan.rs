@@ -22,12 +22,12 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use uuid::Uuid;
 
-use crate::changes::Party;
 use crate::lsn::Lsn;
-use crate::mapping::fields::participants;
 use crate::mapping::rules::{decide, Change};
+use crate::mapping::Outcome;
 use crate::mapping::{Action, Decision, EventFields, InteractionRow, RowError, Toast};
-use crate::metrics::Status;
+use crate::participants::participants;
+use crate::participants::Party;
 
 /// One change of an interaction, with the source transaction it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,7 +118,7 @@ pub struct LogRow {
     pub interaction_id: Uuid,
     pub event_id: Option<Uuid>,
     pub action: Action,
-    pub status: Status,
+    pub status: Outcome,
     pub error: Option<String>,
     pub by: Uuid,
     pub lsn: Lsn,
@@ -169,7 +169,7 @@ impl Plan {
             .filter_map(|&i| self.finals.get(i)?.1.as_ref())
     }
 
-    pub fn counts(&self) -> impl Iterator<Item = (Action, Status)> + '_ {
+    pub fn counts(&self) -> impl Iterator<Item = (Action, Outcome)> + '_ {
         self.log.iter().map(|l| (l.action, l.status))
     }
 }
@@ -183,7 +183,7 @@ pub enum Planned {
 }
 
 /// Where an interaction stands while the chunk is decided.
-struct Current {
+struct Standing {
     initial: Option<StoredEvent>,
     now: Option<StoredEvent>,
     /// A change of it failed since its event was last written.
@@ -197,7 +197,7 @@ struct Current {
 /// Decides `changes` (in LSN order) against `known`. See the module docs.
 pub fn plan(changes: &[RowChange], known: &Known, window: chrono::Duration, tz: Tz) -> Planned {
     let mut order: Vec<Uuid> = Vec::new();
-    let mut state: HashMap<Uuid, Current> = HashMap::new();
+    let mut state: HashMap<Uuid, Standing> = HashMap::new();
     let mut log = Vec::new();
     let mut refused = 0;
     let mut needs: Vec<Uuid> = Vec::new();
@@ -206,7 +206,7 @@ pub fn plan(changes: &[RowChange], known: &Known, window: chrono::Duration, tz: 
         let cur = state.entry(c.id).or_insert_with(|| {
             order.push(c.id);
             let initial = known.events.get(&c.id).cloned();
-            Current {
+            Standing {
                 now: initial.clone(),
                 initial,
                 stale: known.failing.contains(&c.id),
@@ -215,12 +215,12 @@ pub fn plan(changes: &[RowChange], known: &Known, window: chrono::Duration, tz: 
                 stamp: false,
             }
         });
-        let fail = |cur: &mut Current, log: &mut Vec<LogRow>, action, message: String, by| {
+        let fail = |cur: &mut Standing, log: &mut Vec<LogRow>, action, message: String, by| {
             log.push(LogRow {
                 interaction_id: c.id,
                 event_id: cur.now.as_ref().map(|e| e.event_id),
                 action,
-                status: Status::Failed,
+                status: Outcome::Failed,
                 error: Some(message.clone()),
                 by,
                 lsn: c.lsn,
@@ -233,7 +233,7 @@ pub fn plan(changes: &[RowChange], known: &Known, window: chrono::Duration, tz: 
             cur.stale = true;
             cur.last_ok = Some(false);
         };
-        let upsert_action = |cur: &Current| {
+        let upsert_action = |cur: &Standing| {
             if cur.now.is_some() {
                 Action::Update
             } else {
@@ -260,7 +260,7 @@ pub fn plan(changes: &[RowChange], known: &Known, window: chrono::Duration, tz: 
                         interaction_id: c.id,
                         event_id: Some(e.event_id),
                         action: Action::Delete,
-                        status: Status::Success,
+                        status: Outcome::Success,
                         error: None,
                         by: e.by(),
                         lsn: c.lsn,
@@ -391,7 +391,7 @@ fn success(c: &RowChange, event_id: Option<Uuid>, action: Action, by: Uuid) -> L
         interaction_id: c.id,
         event_id,
         action,
-        status: Status::Success,
+        status: Outcome::Success,
         error: None,
         by,
         lsn: c.lsn,

@@ -19,7 +19,7 @@
 use chrono::Utc;
 use uuid::Uuid;
 
-use super::apply_batch::CurrentState;
+use super::live::LiveChange;
 use super::{db, BatchKind, Writer};
 use crate::config::Config;
 use crate::error::SyncError;
@@ -72,11 +72,11 @@ impl Writer {
         participants: &crate::config::ParticipantSchema,
         at: Lsn,
     ) -> Result<usize, SyncError> {
-        let rows = self.read_current(due, participants, false, at).await?;
+        let rows = self.read_live(due, participants, false, at).await?;
         let now = Utc::now();
         // Gone from the source: handled as a delete.
-        let changes = CurrentState::of(due, rows);
-        self.apply_batch(BatchKind::Retry, changes, at, now).await?;
+        let changes = LiveChange::of(due, rows);
+        self.write_live(BatchKind::Retry, changes, at, now).await?;
         tracing::info!(retried = due.len(), "retried due failures");
         Ok(due.len())
     }

@@ -277,9 +277,9 @@ pub async fn prepare_source(c: &Client) -> Result<SourceStatements, tokio_postgr
     })
 }
 
-/// Which interactions [`current_with_names`] reads.
+/// Which interactions [`live_with_names`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CurrentOf {
+pub enum LiveRead {
     /// `$1 uuid[]`.
     Ids,
     /// `$1 uuid[]`, `for share`: waits for a transaction still writing one of
@@ -290,35 +290,31 @@ pub enum CurrentOf {
     Page { inclusive: bool },
 }
 
-/// The current state of interactions (mapped columns only, see [`CurrentOf`])
+/// The current state of interactions (mapped columns only, see [`LiveRead`])
 /// with `calendar_synced_at` (`synced_at`), the raw name columns of their
-/// customer and contact (`p_customer`, `p_first`, `p_last`, `p_email`) and
+/// customer and contact ([`crate::participants::name_select`]) and
 /// the source WAL insert position (`read_at`), which is at or after the commit
 /// of every state the query sees. Used by the retry worker and `reconcile`.
-pub fn current_with_names(p: &ParticipantSchema, which: CurrentOf) -> String {
+pub fn live_with_names(p: &ParticipantSchema, which: LiveRead) -> String {
     let q = quote_ident;
     let filter = match which {
-        CurrentOf::Ids => "where i.interaction_id = any($1)",
-        CurrentOf::IdsLocked => "where i.interaction_id = any($1) for share of i",
-        CurrentOf::Page { inclusive: true } => {
+        LiveRead::Ids => "where i.interaction_id = any($1)",
+        LiveRead::IdsLocked => "where i.interaction_id = any($1) for share of i",
+        LiveRead::Page { inclusive: true } => {
             "where i.interaction_id >= $1 order by i.interaction_id limit $2"
         }
-        CurrentOf::Page { inclusive: false } => {
+        LiveRead::Page { inclusive: false } => {
             "where i.interaction_id > $1 order by i.interaction_id limit $2"
         }
     };
     format!(
-        "select {cols}, i.calendar_synced_at as synced_at, cu.{cname}::text as p_customer,
-                co.{first}::text as p_first, co.{last}::text as p_last, co.{email}::text as p_email
+        "select {cols}, i.calendar_synced_at as synced_at, {names}
            from interaction i
            left join {customer} cu on cu.{cid} = i.customer_id
            left join {contact} co on co.{tid} = i.contact_id
           {filter}",
         cols = crate::mapping::InteractionRow::select_list("i"),
-        cname = q(&p.customer_name),
-        first = q(&p.contact_first_name),
-        last = q(&p.contact_last_name),
-        email = q(&p.contact_email),
+        names = crate::participants::name_select(p, "cu", "co"),
         customer = q(&p.customer_table),
         cid = q(&p.customer_id),
         contact = q(&p.contact_table),
@@ -360,7 +356,7 @@ fn refresh_participants(key: &str) -> String {
     format!(
         "with wanted as (
              select e.event_id, e.related_id, coalesce(e.updated_by, e.created_by) as by,
-                    array_remove(array[cu.name, ct.name], null) as p
+                    {p} as p
                from calendar_events e
                left join calendar_sync_party_names cu on cu.party = 'customer' and cu.id = e.customer_id
                left join calendar_sync_party_names ct on ct.party = 'contact' and ct.id = e.contact_id
@@ -372,7 +368,8 @@ fn refresh_participants(key: &str) -> String {
                 and (e.source_lsn is null or e.source_lsn <= $2)
              returning e.event_id, w.related_id, w.by)
          insert into calendar_sync_log (interaction_id, event_id, action, status, created_by, source_lsn)
-         select related_id, event_id, 'update', 'success', by, $2 from changed"
+         select related_id, event_id, 'update', 'success', by, $2 from changed",
+        p = crate::participants::participants_sql("cu.name", "ct.name")
     )
 }
 

@@ -10,20 +10,20 @@ use uuid::Uuid;
 
 use super::event::event_from_row;
 use super::plan::{self, FailureRow, Known, LogRow, Plan, Planned, RowChange};
-use super::{db, sql, BatchKind, Writer};
-use crate::changes::Party;
+use super::{db, sql, Batch, Writer};
 use crate::error::{classify_pg, describe_pg, ErrorClass, SyncError};
 use crate::lsn::Lsn;
 use crate::mapping::Action;
-use crate::metrics::Status;
+use crate::mapping::Outcome;
+use crate::participants::Party;
 
 /// How long a read of the source waits for what the stream delivered to
 /// become visible before the session is restarted (see `decide`).
 const READ_VISIBLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How a chunk's write ended.
-enum Outcome {
-    Written(Plan),
+enum Written {
+    Plan(Plan),
     /// A row-permanent error: rolled back to the chunk's savepoint.
     RowError(String),
 }
@@ -46,19 +46,19 @@ impl Writer {
             let part = &chunk[from..to];
             let plan = self.decide(part, &mut known).await?;
             match self.write_plan(plan).await? {
-                Outcome::Written(mut plan) => {
+                Written::Plan(mut plan) => {
                     self.account(&plan);
                     if let Some(s) = self.stamper.as_mut() {
                         s.hold(std::mem::take(&mut plan.stamps));
                     }
                     known.absorb(plan);
                 }
-                Outcome::RowError(message) if part.len() == 1 => {
+                Written::RowError(message) if part.len() == 1 => {
                     let failed = self.isolate(&part[0], &known, message).await?;
                     self.account(&failed);
                     known.absorb(failed);
                 }
-                Outcome::RowError(_) => {
+                Written::RowError(_) => {
                     let mid = from + part.len() / 2;
                     todo.push_front((mid, to));
                     todo.push_front((from, mid));
@@ -140,10 +140,10 @@ impl Writer {
             let name: Option<String> = r.try_get(2).map_err(db("reading a name"))?;
             known.names.insert((party, id), name);
         }
-        if let Some(b) = self.batch.as_ref() {
+        if let Some(names) = self.batch.as_ref().and_then(Batch::live_names) {
             known
                 .names
-                .extend(b.names.iter().map(|(k, v)| (*k, v.clone())));
+                .extend(names.iter().map(|(k, v)| (*k, v.clone())));
         }
         Ok(known)
     }
@@ -192,14 +192,14 @@ impl Writer {
     /// savepoint, every statement and the release go out together and the
     /// server runs them in order (one round trip). After a failure the rest
     /// fail as "transaction aborted"; the first error is the one that counts.
-    async fn write_plan(&mut self, plan: Plan) -> Result<Outcome, SyncError> {
-        let retry = matches!(self.batch.as_ref().map(|b| b.kind), Some(BatchKind::Retry));
+    async fn write_plan(&mut self, plan: Plan) -> Result<Written, SyncError> {
+        let retry = self.batch.as_ref().is_some_and(Batch::is_retry);
         self.metrics.savepoint();
         match self.statements(&plan, retry).await {
-            Ok(()) => Ok(Outcome::Written(plan)),
+            Ok(()) => Ok(Written::Plan(plan)),
             Err(e) if classify_pg(&e) == ErrorClass::RowPermanent => {
                 self.rollback_to("chunk").await?;
-                Ok(Outcome::RowError(describe_pg(&e)))
+                Ok(Written::RowError(describe_pg(&e)))
             }
             Err(e) => Err(SyncError::db("writing a batch of events", e)),
         }
@@ -328,7 +328,7 @@ impl Writer {
                 interaction_id: change.id,
                 event_id: existing.map(|e| e.event_id),
                 action,
-                status: Status::Failed,
+                status: Outcome::Failed,
                 error: Some(message.clone()),
                 by,
                 lsn: change.lsn,
@@ -340,7 +340,7 @@ impl Writer {
             }],
             ..Plan::default()
         };
-        let retry = matches!(self.batch.as_ref().map(|b| b.kind), Some(BatchKind::Retry));
+        let retry = self.batch.as_ref().is_some_and(Batch::is_retry);
         self.write_log(&plan.log)
             .await
             .map_err(db("writing calendar_sync_log"))?;

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::mapping::interaction::MAPPED_COLUMNS;
+use crate::participants::Party;
 use crate::test_utils::pgoutput as b;
 
 fn tracked() -> TrackedTables {

@@ -90,34 +90,6 @@ pub fn end_time(
     }
 }
 
-/// A contact's display name: first and last name joined by one space, NULL
-/// parts left out, trimmed; the email when that is empty; `None` when nothing.
-pub fn contact_name(
-    first: Option<&str>,
-    last: Option<&str>,
-    email: Option<&str>,
-) -> Option<String> {
-    let joined = [first, last]
-        .into_iter()
-        .flatten()
-        .collect::<Vec<_>>()
-        .join(" ");
-    let trimmed = joined.trim();
-    if trimmed.is_empty() {
-        email.map(str::to_string)
-    } else {
-        Some(trimmed.to_string())
-    }
-}
-
-/// `[customer name, contact name]`, NULLs left out, empty when none.
-pub fn participants(customer_name: Option<String>, contact_name: Option<String>) -> Vec<String> {
-    [customer_name, contact_name]
-        .into_iter()
-        .flatten()
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,32 +157,5 @@ mod tests {
             end_time(utc(2026, 7, 1, 9, 0), Some(-5), chrono_tz::UTC),
             Err(RowError::NegativeDuration(-5))
         );
-    }
-
-    #[test]
-    fn contact_names_join_trim_and_fall_back_to_email() {
-        assert_eq!(
-            contact_name(Some("Ada"), Some("Lovelace"), None).as_deref(),
-            Some("Ada Lovelace")
-        );
-        assert_eq!(
-            contact_name(None, Some(" Lovelace "), None).as_deref(),
-            Some("Lovelace")
-        );
-        assert_eq!(
-            contact_name(Some(" "), None, Some("ada@example.com")).as_deref(),
-            Some("ada@example.com")
-        );
-        assert_eq!(contact_name(None, None, None), None);
-    }
-
-    #[test]
-    fn participants_leave_nulls_out() {
-        assert_eq!(
-            participants(Some("Acme".into()), Some("Ada".into())),
-            vec!["Acme", "Ada"]
-        );
-        assert_eq!(participants(None, Some("Ada".into())), vec!["Ada"]);
-        assert!(participants(None, None).is_empty());
     }
 }

@@ -14,7 +14,7 @@ pub mod value;
 
 pub use fields::{EventFields, EventStatus};
 pub use interaction::{InteractionColumns, InteractionRow, Toast};
-pub use rules::{decide, Action, Decision, Skip};
+pub use rules::{decide, Action, Decision, Outcome, Skip};
 
 /// One change the target cannot take, permanent for that row: recorded in
 /// `calendar_sync_failures`, the stream goes on.

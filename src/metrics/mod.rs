@@ -22,7 +22,7 @@ use prometheus::{
 };
 
 use crate::lsn::Lsn;
-use crate::mapping::Action;
+use crate::mapping::{Action, Outcome};
 
 pub const ACTIONS_TOTAL: &str = "calendar_sync_actions_total";
 pub const TRANSACTIONS_TOTAL: &str = "calendar_sync_transactions_applied_total";
@@ -44,22 +44,6 @@ pub const LAST_SERVER_MESSAGE_AGE: &str = "calendar_sync_last_server_message_age
 pub use phase::{
     Phase, BACKING_OFF, DEFAULT_LIVENESS, NOT_STREAMING, SNAPSHOT_IN_PROGRESS, STOPPING,
 };
-
-/// `status` label of actions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Success,
-    Failed,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Success => "success",
-            Status::Failed => "failed",
-        }
-    }
-}
 
 /// Handles to every metric; cheap to clone.
 #[derive(Clone)]
@@ -200,7 +184,7 @@ impl Metrics {
         }
         // Pre-create every label pair so dashboards see zeros, not gaps.
         for a in Action::ALL {
-            for s in [Status::Success, Status::Failed] {
+            for s in [Outcome::Success, Outcome::Failed] {
                 actions.with_label_values(&[a.as_str(), s.as_str()]);
             }
         }
@@ -236,7 +220,7 @@ impl Metrics {
         m
     }
 
-    pub fn action(&self, action: Action, status: Status) {
+    pub fn action(&self, action: Action, status: Outcome) {
         self.inner
             .actions
             .with_label_values(&[action.as_str(), status.as_str()])
@@ -244,7 +228,7 @@ impl Metrics {
     }
 
     /// `n` actions at once (a committed batch).
-    pub fn actions(&self, action: Action, status: Status, n: u64) {
+    pub fn actions(&self, action: Action, status: Outcome, n: u64) {
         self.inner
             .actions
             .with_label_values(&[action.as_str(), status.as_str()])
@@ -269,7 +253,7 @@ impl Metrics {
         self.inner.savepoints.get()
     }
 
-    pub fn action_count(&self, action: Action, status: Status) -> u64 {
+    pub fn action_count(&self, action: Action, status: Outcome) -> u64 {
         self.inner
             .actions
             .with_label_values(&[action.as_str(), status.as_str()])
@@ -397,8 +381,8 @@ mod tests {
         assert!(
             text.contains("calendar_sync_actions_total{action=\"create\",status=\"success\"} 0")
         );
-        m.action(Action::Create, Status::Success);
-        assert_eq!(m.action_count(Action::Create, Status::Success), 1);
+        m.action(Action::Create, Outcome::Success);
+        assert_eq!(m.action_count(Action::Create, Outcome::Success), 1);
         assert!(m
             .render()
             .contains("calendar_sync_actions_total{action=\"create\",status=\"success\"} 1"));

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
 use super::FIELDS;
-use crate::apply::Current;
+use crate::apply::LiveInteraction;
 use crate::mapping::rules::{decide, event_fields, Change};
 use crate::mapping::{Decision, EventFields, InteractionRow};
 
@@ -67,7 +67,7 @@ pub fn differing_fields(
 
 /// PURE: how interaction `c` stands against its event `stored`, at `now`.
 pub fn judge(
-    c: &Current,
+    c: &LiveInteraction,
     stored: Option<&EventFields>,
     now: DateTime<Utc>,
     window: chrono::Duration,
@@ -114,8 +114,8 @@ mod tests {
             .expect("valid")
     }
 
-    fn current(days_ago: i64, archived: bool) -> Current {
-        Current {
+    fn current(days_ago: i64, archived: bool) -> LiveInteraction {
+        LiveInteraction {
             id: Uuid::from_u128(1),
             row: Ok(InteractionRow {
                 interaction_id: Uuid::from_u128(1),
@@ -140,11 +140,11 @@ mod tests {
         }
     }
 
-    fn judged(c: &Current, stored: Option<&EventFields>) -> Verdict {
+    fn judged(c: &LiveInteraction, stored: Option<&EventFields>) -> Verdict {
         judge(c, stored, t0(), chrono::Duration::days(30), chrono_tz::UTC)
     }
 
-    fn fields_of(c: &Current) -> EventFields {
+    fn fields_of(c: &LiveInteraction) -> EventFields {
         let row = c.row.as_ref().expect("row");
         event_fields(row, &c.participants(), None, chrono_tz::UTC).expect("fields")
     }

@@ -71,14 +71,15 @@ use uuid::Uuid;
 
 use crate::apply::event::event_from_row;
 use crate::apply::plan::StoredEvent;
-use crate::apply::sql::{self, CurrentOf};
-use crate::apply::{Current, Writer, STAMPS_AT_EXIT};
+use crate::apply::sql::{self, LiveRead};
+use crate::apply::{LiveInteraction, Writer, STAMPS_AT_EXIT};
 use crate::config::Config;
 use crate::db;
 use crate::error::SyncError;
 use crate::lsn::Lsn;
 use crate::mapping::Action;
-use crate::metrics::{Metrics, Status};
+use crate::mapping::Outcome;
+use crate::metrics::Metrics;
 use crate::visibility;
 
 pub use compare::{differing_fields, judge, stamp_bump_only, Verdict};
@@ -133,16 +134,16 @@ pub async fn reconcile(cfg: &Config, dry_run: bool) -> Result<Report, SyncError>
     };
     let mut report = Report::new(dry_run);
     let first = source
-        .prepare(&sql::current_with_names(
+        .prepare(&sql::live_with_names(
             &cfg.participants,
-            CurrentOf::Page { inclusive: true },
+            LiveRead::Page { inclusive: true },
         ))
         .await
         .map_err(db("preparing the interaction read (has `calendar-sync migrate` run? are customer and contact as configured?)"))?;
     let next = source
-        .prepare(&sql::current_with_names(
+        .prepare(&sql::live_with_names(
             &cfg.participants,
-            CurrentOf::Page { inclusive: false },
+            LiveRead::Page { inclusive: false },
         ))
         .await
         .map_err(db("preparing the interaction read"))?;
@@ -150,7 +151,7 @@ pub async fn reconcile(cfg: &Config, dry_run: bool) -> Result<Report, SyncError>
         "preparing the event read (has `calendar-sync migrate` run?)",
     ))?;
     let by_ids = source
-        .prepare(&sql::current_with_names(&cfg.participants, CurrentOf::Ids))
+        .prepare(&sql::live_with_names(&cfg.participants, LiveRead::Ids))
         .await
         .map_err(db("preparing the interaction read"))?;
     let started = Instant::now();
@@ -169,9 +170,9 @@ pub async fn reconcile(cfg: &Config, dry_run: bool) -> Result<Report, SyncError>
             .map_err(db("reading interaction_id"))?;
         report.interactions += rows.len() as u64;
         // Judged only to find candidates: nothing is decided on this read.
-        let page: Vec<Current> = rows
+        let page: Vec<LiveInteraction> = rows
             .iter()
-            .map(|r| Current::from_row(r, Lsn::ZERO))
+            .map(|r| LiveInteraction::from_row(r, Lsn::ZERO))
             .collect::<Result<_, _>>()?;
         let events = peek_events(&target, &peek, &page).await?;
         let now = Utc::now();
@@ -195,9 +196,9 @@ pub async fn reconcile(cfg: &Config, dry_run: bool) -> Result<Report, SyncError>
             .query(&by_ids, &[&candidates])
             .await
             .map_err(db("reading interactions again"))?;
-        let page: Vec<Current> = rows
+        let page: Vec<LiveInteraction> = rows
             .iter()
-            .map(|r| Current::from_row(r, at))
+            .map(|r| LiveInteraction::from_row(r, at))
             .collect::<Result<_, _>>()?;
         let events = peek_events(&target, &peek, &page).await?;
         let now = Utc::now();
@@ -242,8 +243,8 @@ pub async fn reconcile(cfg: &Config, dry_run: bool) -> Result<Report, SyncError>
     if let Some(w) = writer.as_ref() {
         w.settle_stamps(STAMPS_AT_EXIT).await;
         for action in Action::ALL {
-            report.repaired += metrics.action_count(action, Status::Success);
-            report.failed += metrics.action_count(action, Status::Failed);
+            report.repaired += metrics.action_count(action, Outcome::Success);
+            report.failed += metrics.action_count(action, Outcome::Failed);
         }
     }
     tracing::info!(
@@ -265,7 +266,7 @@ pub async fn reconcile(cfg: &Config, dry_run: bool) -> Result<Report, SyncError>
 async fn peek_events(
     target: &Client,
     peek: &tokio_postgres::Statement,
-    page: &[Current],
+    page: &[LiveInteraction],
 ) -> Result<HashMap<Uuid, StoredEvent>, SyncError> {
     let ids: Vec<Uuid> = page.iter().map(|c| c.id).collect();
     let mut events = HashMap::with_capacity(ids.len());

@@ -9,8 +9,8 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use super::stamp_bump_only;
-use crate::apply::apply_batch::CurrentState;
 use crate::apply::plan::StoredEvent;
+use crate::apply::LiveChange;
 use crate::apply::{BatchKind, Writer};
 use crate::config::Config;
 use crate::error::SyncError;
@@ -25,7 +25,7 @@ pub(super) async fn repair_page(
     events: &HashMap<Uuid, StoredEvent>,
     at: Lsn,
 ) -> Result<(), SyncError> {
-    let mut fresh = w.read_current(ids, &cfg.participants, true, at).await?;
+    let mut fresh = w.read_live(ids, &cfg.participants, true, at).await?;
     let now = Utc::now();
     for c in &mut fresh {
         let synced_at = c.synced_at;
@@ -37,8 +37,8 @@ pub(super) async fn repair_page(
     }
     // Deleted since the page was read: its event goes too (at `at`: not an
     // event the stream wrote from a later position).
-    let changes = CurrentState::of(ids, fresh);
-    w.apply_batch(BatchKind::Reconcile, changes, at, now).await
+    let changes = LiveChange::of(ids, fresh);
+    w.write_live(BatchKind::Reconcile, changes, at, now).await
 }
 
 /// Deletes the events of interactions `gone` through the writer (delete log
@@ -50,6 +50,6 @@ pub(super) async fn delete_events_of(
     at: Lsn,
 ) -> Result<(), SyncError> {
     let now = Utc::now();
-    let changes = gone.iter().map(|id| CurrentState::Gone(*id)).collect();
-    w.apply_batch(BatchKind::Reconcile, changes, at, now).await
+    let changes = gone.iter().map(|id| LiveChange::Gone(*id)).collect();
+    w.write_live(BatchKind::Reconcile, changes, at, now).await
 }

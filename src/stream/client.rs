@@ -388,16 +388,17 @@ pub enum StartPlan {
     Snapshot { drop_unfinished: bool },
 }
 
-/// PURE: decides from the stored progress and the slot as
-/// `pg_replication_slots` shows it what a starting session does. Every case
-/// that cannot go on is an error that says why and what to do.
-pub fn plan(
-    slot_name: &str,
-    stored: Option<Lsn>,
-    slot: Option<&SlotInfo>,
-) -> Result<StartPlan, SyncError> {
-    check_owned(slot_name, slot)?;
-    match (stored, slot) {
+impl StartPlan {
+    /// PURE: decides from the stored progress and the slot as
+    /// `pg_replication_slots` shows it what a starting session does. Every case
+    /// that cannot go on is an error that says why and what to do.
+    pub fn decide(
+        slot_name: &str,
+        stored: Option<Lsn>,
+        slot: Option<&SlotInfo>,
+    ) -> Result<StartPlan, SyncError> {
+        check_owned(slot_name, slot)?;
+        match (stored, slot) {
         (Some(_), Some(s)) if s.wal_status.as_deref() == Some("lost") => Err(SyncError::fatal(
             format!("replication slot {slot_name} was invalidated (wal_status = lost): the WAL it needed is gone"),
             format!("raise max_slot_wal_keep_size; then run `calendar-sync run --resync` once: it drops the slot, takes a new snapshot and removes events of interactions deleted meanwhile (by hand: `delete from calendar_sync_progress where slot_name = '{slot_name}'`, drop the slot, and start again)"),
@@ -421,6 +422,7 @@ pub fn plan(
             drop_unfinished: false,
         }),
     }
+    }
 }
 
 #[cfg(test)]
@@ -434,7 +436,7 @@ mod tests {
     #[test]
     fn a_slot_with_progress_resumes_from_the_progress() {
         assert_eq!(
-            plan("s", Some(Lsn(42)), Some(&slot())).ok(),
+            StartPlan::decide("s", Some(Lsn(42)), Some(&slot())).ok(),
             Some(StartPlan::Resume { progress: Lsn(42) })
         );
     }
@@ -442,13 +444,13 @@ mod tests {
     #[test]
     fn no_progress_takes_a_snapshot_dropping_an_unfinished_slot() {
         assert_eq!(
-            plan("s", None, None).ok(),
+            StartPlan::decide("s", None, None).ok(),
             Some(StartPlan::Snapshot {
                 drop_unfinished: false
             })
         );
         assert_eq!(
-            plan("s", None, Some(&slot())).ok(),
+            StartPlan::decide("s", None, Some(&slot())).ok(),
             Some(StartPlan::Snapshot {
                 drop_unfinished: true
             })
@@ -489,10 +491,14 @@ mod tests {
             ..slot()
         };
         let fatal = |r: Result<StartPlan, SyncError>| r.is_err_and(|e| !e.is_transient());
-        assert!(fatal(plan("s", Some(Lsn(1)), Some(&lost))));
-        assert!(fatal(plan("s", Some(Lsn(1)), None)));
-        assert!(fatal(plan("s", None, Some(&other_db))));
-        assert!(fatal(plan("s", Some(Lsn(1)), Some(&other_plugin))));
-        assert!(plan("s", None, Some(&active)).is_err_and(|e| e.is_transient()));
+        assert!(fatal(StartPlan::decide("s", Some(Lsn(1)), Some(&lost))));
+        assert!(fatal(StartPlan::decide("s", Some(Lsn(1)), None)));
+        assert!(fatal(StartPlan::decide("s", None, Some(&other_db))));
+        assert!(fatal(StartPlan::decide(
+            "s",
+            Some(Lsn(1)),
+            Some(&other_plugin)
+        )));
+        assert!(StartPlan::decide("s", None, Some(&active)).is_err_and(|e| e.is_transient()));
     }
 }

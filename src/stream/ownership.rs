@@ -142,16 +142,17 @@ pub async fn record_consistent_point(
     Ok(())
 }
 
-/// PURE: may this deployment (`me`, with `stored` progress for the slot) act
-/// on `slot` as `pg_replication_slots` shows it, given the `claim`?
-pub fn judge(
-    slot_name: &str,
-    me: &Me,
-    claim: Option<&Claim>,
-    stored: Option<Lsn>,
-    slot: Option<&SlotInfo>,
-) -> Result<Ownership, SyncError> {
-    match (claim, slot, stored) {
+impl Ownership {
+    /// PURE: may this deployment (`me`, with `stored` progress for the slot) act
+    /// on `slot` as `pg_replication_slots` shows it, given the `claim`?
+    pub fn decide(
+        slot_name: &str,
+        me: &Me,
+        claim: Option<&Claim>,
+        stored: Option<Lsn>,
+        slot: Option<&SlotInfo>,
+    ) -> Result<Ownership, SyncError> {
+        match (claim, slot, stored) {
         (Some(c), _, _) if c.target_id == me.target_id => Ok(Ownership::Ours),
         (Some(c), _, _) => Err(SyncError::fatal(
             format!(
@@ -184,6 +185,7 @@ pub fn judge(
                 "give this deployment its own CALENDAR_SYNC_SLOT; or, if nothing uses the slot, drop it in the source (`select pg_drop_replication_slot('{slot_name}')`) and start again: a new snapshot follows"
             ),
         )),
+    }
     }
 }
 
@@ -220,7 +222,7 @@ mod tests {
             (None, Some(Lsn(5))),
         ] {
             assert_eq!(
-                judge("s", &me(), Some(&claim_by(1)), p, s.as_ref()).ok(),
+                Ownership::decide("s", &me(), Some(&claim_by(1)), p, s.as_ref()).ok(),
                 Some(Ownership::Ours)
             );
         }
@@ -228,7 +230,7 @@ mod tests {
 
     #[test]
     fn another_targets_claim_stops_with_both_deployments_facts() {
-        let e = judge("s", &me(), Some(&claim_by(2)), None, Some(&slot())).unwrap_err();
+        let e = Ownership::decide("s", &me(), Some(&claim_by(2)), None, Some(&slot())).unwrap_err();
         let text = e.to_string();
         for fact in [
             "staging@10.0.0.2:5432",
@@ -246,15 +248,15 @@ mod tests {
     #[test]
     fn an_unclaimed_slot_is_claimed_only_with_our_progress_or_before_it_exists() {
         assert_eq!(
-            judge("s", &me(), None, None, None).ok(),
+            Ownership::decide("s", &me(), None, None, None).ok(),
             Some(Ownership::Claim)
         );
         assert_eq!(
-            judge("s", &me(), None, Some(Lsn(9)), Some(&slot())).ok(),
+            Ownership::decide("s", &me(), None, Some(Lsn(9)), Some(&slot())).ok(),
             Some(Ownership::Claim),
             "a slot this target streamed before slots had owners"
         );
-        let e = judge("s", &me(), None, None, Some(&slot())).unwrap_err();
+        let e = Ownership::decide("s", &me(), None, None, Some(&slot())).unwrap_err();
         assert!(
             e.to_string().contains("no calendar-sync has claimed it"),
             "{e}"

@@ -38,7 +38,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use pgwire_replication::{ReplicationClient, ReplicationEvent};
 use tokio::sync::watch;
 
-use crate::apply::{BatchKind, Writer};
+use crate::apply::{BatchKind, Committed, Writer};
 use crate::changes::{RelationCache, StreamError};
 use crate::config::Config;
 use crate::echo::{self, EchoKey};
@@ -204,7 +204,7 @@ impl Streamer<'_> {
     /// a target transaction committed.
     async fn commit_batch(&mut self) -> Result<bool, SyncError> {
         let committed = self.writer.commit().await?;
-        if let Some(lsn) = committed {
+        if let Committed::Through(lsn) = committed {
             tracing::debug!(%lsn, "applied a batch of source transactions");
             if self.standby.is_some() {
                 let wal = standby::wal_now(&self.source).await?;
@@ -219,7 +219,7 @@ impl Streamer<'_> {
                 self.release_acks().await?;
             }
         }
-        Ok(committed.is_some())
+        Ok(committed != Committed::Nothing)
     }
 
     /// Between transactions: retry due failures, refresh gauges, and report

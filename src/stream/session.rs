@@ -82,54 +82,56 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(base + (u64::from(nanos) % (base / 4 + 1)))
 }
 
+/// One session: [`start`], the streaming loop ([`Streamer::run`]), [`stop`].
 async fn session(
     cfg: &Config,
     shutdown: &mut Shutdown,
     metrics: &Metrics,
     progressed: &mut bool,
 ) -> Result<(), SyncError> {
-    let target = db::connect_limited(cfg.target_url(), "target", cfg.limits()).await?;
-    let source = db::connect_limited(&cfg.source_url, "source", cfg.limits()).await?;
-    let lookups = db::connect_limited(&cfg.source_url, "source", cfg.limits()).await?;
-    let tracked = client::preflight(&source, cfg).await?;
-    let me = ownership::me(&target).await?;
-    // Another deployment's claim stops this one at once, also while that one
-    // holds the slot's lock (it would otherwise wait for it as for a rolling
-    // deploy's predecessor).
-    if let Some(c) = ownership::claim_of(&source, &cfg.slot).await? {
-        if c.target_id != me.target_id {
-            let slot = client::slot_info(&source, &cfg.slot).await?;
-            ownership::judge(&cfg.slot, &me, Some(&c), None, slot.as_ref())?;
-        }
-    }
-    client::lock_slot(&source, &cfg.slot).await?;
-    // Read under the lock: until it was ours, another process may have been
-    // committing its snapshot.
-    let stored = client::stored_progress(&target, &cfg.slot).await?;
-    let slot = client::slot_info(&source, &cfg.slot).await?;
-    client::check_owned(&cfg.slot, slot.as_ref())?;
-    // Only a slot this deployment's target claimed is used, dropped or
-    // recreated (decision 53); the claim comes before the slot.
-    let claim = ownership::claim_of(&source, &cfg.slot).await?;
-    if ownership::judge(&cfg.slot, &me, claim.as_ref(), stored, slot.as_ref())?
-        == ownership::Ownership::Claim
-    {
-        ownership::claim(&source, &cfg.slot, &me).await?;
-    }
-    let (stored, slot) = if cfg.resync {
-        super::resync::prepare(cfg, &source, &target, stored, slot).await?
-    } else {
-        (stored, slot)
+    let Some(mut s) = start(cfg, shutdown, metrics).await? else {
+        return Ok(());
     };
-    let resync_pending = super::resync::pending(&target, &cfg.slot).await?;
-    let plan = client::plan(&cfg.slot, stored, slot.as_ref())?;
+    let result = s.run(shutdown, progressed).await;
+    stop(s, result).await
+}
+
+/// The source sessions a start uses besides the writer's.
+struct Sessions {
+    target: tokio_postgres::Client,
+    source: tokio_postgres::Client,
+    lookups: tokio_postgres::Client,
+}
+
+/// Starts a session: connects, checks the source, takes the slot (ownership,
+/// lock, a start-over asked for), then resumes or takes a new slot and
+/// snapshot. `None`: the stop came during the snapshot (nothing committed).
+async fn start<'a>(
+    cfg: &'a Config,
+    shutdown: &mut Shutdown,
+    metrics: &Metrics,
+) -> Result<Option<Streamer<'a>>, SyncError> {
+    let db = Sessions {
+        target: db::connect_limited(cfg.target_url(), "target", cfg.limits()).await?,
+        source: db::connect_limited(&cfg.source_url, "source", cfg.limits()).await?,
+        lookups: db::connect_limited(&cfg.source_url, "source", cfg.limits()).await?,
+    };
+    let tracked = client::preflight(&db.source, cfg).await?;
+    let (stored, slot, me) = take_slot(cfg, &db).await?;
+    let resync_pending = super::resync::pending(&db.target, &cfg.slot).await?;
+    let plan = client::StartPlan::decide(&cfg.slot, stored, slot.as_ref())?;
     let server_has = slot.as_ref().and_then(|s| s.confirmed_flush);
+    let Sessions {
+        target,
+        source,
+        lookups,
+    } = db;
     let mut writer = Writer::new(cfg, target, lookups, metrics.clone()).await?;
     let echo = EchoKey::load(&source).await?;
 
     let (mut repl, progress) = match plan {
         client::StartPlan::Resume { progress } => {
-            tracing::info!(slot = %cfg.slot, %progress, confirmed_flush = ?slot.as_ref().and_then(|s| s.confirmed_flush).map(|l| l.to_string()), "resuming");
+            tracing::info!(slot = %cfg.slot, %progress, confirmed_flush = ?server_has.map(|l| l.to_string()), "resuming");
             let mut repl = ReplicationClient::connect_gated(client::replication_config(cfg)?)
                 .await
                 .map_err(|e| SyncError::stream("opening the replication session", e))?;
@@ -152,7 +154,7 @@ async fn session(
             let Some((mut repl, consistent_point)) =
                 client::create_slot_and_snapshot(cfg, &mut writer, &source, shutdown).await?
             else {
-                return Ok(());
+                return Ok(None);
             };
             ownership::record_consistent_point(&source, &cfg.slot, &me, consistent_point).await?;
             if resync_pending {
@@ -170,7 +172,7 @@ async fn session(
     client::report_failover(&source, cfg).await;
     tracing::info!(slot = %cfg.slot, publication = %cfg.publication, "streaming");
     metrics.set_streaming(true);
-    let mut s = Streamer {
+    Ok(Some(Streamer {
         cfg,
         repl,
         writer,
@@ -185,30 +187,89 @@ async fn session(
         relations: RelationCache::new(cfg.participants.clone(), tracked),
         last_commit_ts: None,
         standby: (cfg.slot_failover && cfg.target_url.is_none()).then(StandbyGate::default),
+    }))
+}
+
+/// Takes the slot for this deployment: another deployment's claim stops it,
+/// the slot's advisory lock is taken, the slot is claimed if unclaimed, and a
+/// start-over asked for (`--resync`) is prepared. Returns the stored progress
+/// and the slot as they are under the lock.
+async fn take_slot(
+    cfg: &Config,
+    db: &Sessions,
+) -> Result<(Option<Lsn>, Option<client::SlotInfo>, ownership::Me), SyncError> {
+    let me = ownership::me(&db.target).await?;
+    // Another deployment's claim stops this one at once, also while that one
+    // holds the slot's lock (it would otherwise wait for it as for a rolling
+    // deploy's predecessor).
+    if let Some(c) = ownership::claim_of(&db.source, &cfg.slot).await? {
+        if c.target_id != me.target_id {
+            let slot = client::slot_info(&db.source, &cfg.slot).await?;
+            ownership::Ownership::decide(&cfg.slot, &me, Some(&c), None, slot.as_ref())?;
+        }
+    }
+    client::lock_slot(&db.source, &cfg.slot).await?;
+    // Read under the lock: until it was ours, another process may have been
+    // committing its snapshot.
+    let stored = client::stored_progress(&db.target, &cfg.slot).await?;
+    let slot = client::slot_info(&db.source, &cfg.slot).await?;
+    client::check_owned(&cfg.slot, slot.as_ref())?;
+    // Only a slot this deployment's target claimed is used, dropped or
+    // recreated (decision 53); the claim comes before the slot.
+    let claim = ownership::claim_of(&db.source, &cfg.slot).await?;
+    if ownership::Ownership::decide(&cfg.slot, &me, claim.as_ref(), stored, slot.as_ref())?
+        == ownership::Ownership::Claim
+    {
+        ownership::claim(&db.source, &cfg.slot, &me).await?;
+    }
+    let (stored, slot) = if cfg.resync {
+        super::resync::prepare(cfg, &db.source, &db.target, stored, slot).await?
+    } else {
+        (stored, slot)
     };
-    let result = s.run(shutdown, progressed).await;
-    metrics.set_streaming(false);
-    // On SIGTERM mid-transaction the open batch is rolled back: it is replayed
-    // on the next start, from the stored progress.
+    Ok((stored, slot, me))
+}
+
+/// How long each step of a stop may take: SIGTERM is answered within seconds
+/// whatever the source or target do (the whole stop is also bounded by
+/// [`STOP_GRACE`]). Each step that runs out leaves nothing wrong behind: what
+/// was not reported is replayed (and skipped) on the next start.
+mod stop_within {
+    use std::time::Duration;
+    /// The stamps of the last committed batch (best effort).
+    pub const STAMPS: Duration = Duration::from_secs(1);
+    /// The last acknowledgements' publication check.
+    pub const RELEASE: Duration = Duration::from_secs(3);
+    /// The server to see the last acknowledged position in a status update.
+    pub const REPORTED: Duration = Duration::from_millis(1500);
+    /// The replication stream's CopyDone.
+    pub const END_STREAM: Duration = Duration::from_secs(2);
+    /// Moving the released slot to the acknowledged position.
+    pub const ADVANCE: Duration = Duration::from_secs(2);
+}
+
+/// Stops a session after its loop ended with `result`: the open batch is
+/// rolled back (replayed on the next start, from the stored progress), the
+/// stamps of the last committed batch get a moment, the acknowledgements
+/// still allowed are reported, and the stream ends. Every step is bounded
+/// ([`stop_within`]).
+async fn stop(mut s: Streamer<'_>, result: Result<(), SyncError>) -> Result<(), SyncError> {
+    s.metrics.set_streaming(false);
     client::rollback_bounded(&mut s.writer).await;
     if result.is_err() {
         s.repl.abort();
         return result;
     }
-    // The stamps of the last committed batch (bounded: SIGTERM is answered
-    // within seconds; stamps are best effort).
-    s.writer.settle_stamps(Duration::from_secs(1)).await;
-    // Bounded: SIGTERM is answered within seconds even when the source hangs.
-    match tokio::time::timeout(Duration::from_secs(3), s.release_acks()).await {
+    s.writer.settle_stamps(stop_within::STAMPS).await;
+    match tokio::time::timeout(stop_within::RELEASE, s.release_acks()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "stopping without reporting the last applied transactions: the publication check failed; they are replayed (and skipped) on the next start"),
-        Err(_) => tracing::warn!("stopping without reporting the last applied transactions: the publication check did not answer within 3 s; they are replayed (and skipped) on the next start"),
+        Err(_) => tracing::warn!(within_ms = stop_within::RELEASE.as_millis() as u64, "stopping without reporting the last applied transactions: the publication check did not answer in time; they are replayed (and skipped) on the next start"),
     }
-    finish(&mut s.repl, cfg, s.acks.acked()).await;
-    // Bounded: SIGTERM is answered within seconds.
+    finish(&mut s.repl, s.cfg, s.acks.acked()).await;
     let _ = tokio::time::timeout(
-        Duration::from_secs(2),
-        client::advance_released_slot(&s.source, &cfg.slot, s.acks.acked()),
+        stop_within::ADVANCE,
+        client::advance_released_slot(&s.source, &s.cfg.slot, s.acks.acked()),
     )
     .await;
     result
@@ -222,13 +283,13 @@ async fn session(
 async fn finish(repl: &mut ReplicationClient, cfg: &Config, acked: Lsn) {
     let metrics = repl.metrics();
     let wanted = acked.0;
-    let wait = (cfg.status_interval * 3).min(Duration::from_millis(1500));
+    let wait = (cfg.status_interval * 3).min(stop_within::REPORTED);
     let deadline = tokio::time::Instant::now() + wait;
     while metrics.last_applied_lsn().as_u64() < wanted && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tracing::info!(flushed = %Lsn(metrics.last_applied_lsn().as_u64()), "stopping the replication stream");
-    let _ = tokio::time::timeout(Duration::from_secs(2), repl.shutdown()).await;
+    let _ = tokio::time::timeout(stop_within::END_STREAM, repl.shutdown()).await;
 }
 
 #[cfg(test)]

@@ -17,13 +17,12 @@
 
 use super::client::{replication_config, slot_lock_held};
 use crate::apply::{BatchKind, RowChange, Writer};
-use crate::changes::Party;
 use crate::config::Config;
-use crate::db::{self, quote_ident, quote_literal};
+use crate::db::{self, quote_literal};
 use crate::error::SyncError;
 use crate::lsn::Lsn;
-use crate::mapping::fields::contact_name;
 use crate::mapping::InteractionRow;
+use crate::participants::Party;
 use crate::stream::Shutdown;
 use chrono::{DateTime, Utc};
 use pgwire_replication::ReplicationClient;
@@ -208,7 +207,10 @@ async fn copy_snapshot(
         .map_err(err("opening the snapshot cursor"))?;
     // The snapshot is applied like a stream of INSERTs at the snapshot time
     // (contract §7), as one batch ending at the consistent point.
-    writer.begin(BatchKind::Snapshot { consistent_point });
+    writer.begin(BatchKind::Snapshot {
+        consistent_point,
+        taken_at: snapshot_ts,
+    });
     // Events left from an earlier slot (a new snapshot after a lost slot, or a
     // source moved to a cluster whose LSNs are lower) must not refuse the new
     // history's writes as regressions.
@@ -279,31 +281,8 @@ async fn copy_party_names(
     reader: &Client,
     writer: &mut Writer,
 ) -> Result<(), SyncError> {
-    let p = &cfg.participants;
-    let q = quote_ident;
-    let parties = [
-        (
-            Party::Customer,
-            format!(
-                "select {}, {}::text from {}",
-                q(&p.customer_id),
-                q(&p.customer_name),
-                q(&p.customer_table)
-            ),
-        ),
-        (
-            Party::Contact,
-            format!(
-                "select {}, {}::text, {}::text, {}::text from {}",
-                q(&p.contact_id),
-                q(&p.contact_first_name),
-                q(&p.contact_last_name),
-                q(&p.contact_email),
-                q(&p.contact_table)
-            ),
-        ),
-    ];
-    for (party, select) in parties {
+    for party in Party::ALL {
+        let select = party.snapshot_select(&cfg.participants);
         let cursor = format!("calendar_sync_{}", party.as_str());
         reader
             .batch_execute(&format!("declare {cursor} no scroll cursor for {select}"))
@@ -327,13 +306,12 @@ async fn copy_party_names(
                         "check CALENDAR_SYNC_CUSTOMER_ID_COLUMN / CALENDAR_SYNC_CONTACT_ID_COLUMN",
                     )
                 })?;
-                let text = |i: usize| r.try_get::<_, Option<String>>(i).ok().flatten();
-                let name = match party {
-                    Party::Customer => text(1),
-                    Party::Contact => {
-                        contact_name(text(1).as_deref(), text(2).as_deref(), text(3).as_deref())
-                    }
-                };
+                let parts = (1..=party.name_count())
+                    .map(|i| r.try_get::<_, Option<String>>(i))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| SyncError::db("reading customer/contact names", e))?;
+                let parts: Vec<Option<&str>> = parts.iter().map(Option::as_deref).collect();
+                let name = party.display_name(&parts);
                 ids.push(id);
                 names.push(name);
             }

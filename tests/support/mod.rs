@@ -405,13 +405,29 @@ pub fn success_rows(id: Uuid, action: &str) -> String {
     log_rows(id, action, "success")
 }
 
-/// Waits until the slot exists and its initial snapshot committed.
+/// Waits until the slot exists and its initial snapshot committed (the
+/// database is its own target, the slot named after it).
 pub async fn wait_streaming(db: &TestDb) {
-    db.wait_count(
-        &format!("select count(*) from calendar_sync_progress p join pg_replication_slots s on s.slot_name = p.slot_name where p.slot_name = '{}' and s.active", db.name),
-        1,
-    )
-    .await;
+    wait_streaming_into(db, db, &db.name).await;
+}
+
+/// Waits until `slot` in `source`'s database has its initial snapshot
+/// committed into `target` and a consumer streams from it.
+pub async fn wait_streaming_into(source: &TestDb, target: &TestDb, slot: &str) {
+    target
+        .wait_count(
+            &format!("select count(*) from calendar_sync_progress where slot_name = '{slot}'"),
+            1,
+        )
+        .await;
+    source
+        .wait_count(
+            &format!(
+                "select count(*) from pg_replication_slots where slot_name = '{slot}' and active"
+            ),
+            1,
+        )
+        .await;
 }
 
 /// xorshift64*: a seeded, dependency-free generator for the random tests

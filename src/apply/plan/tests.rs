@@ -63,7 +63,7 @@ fn run(changes: &[RowChange], known: &Known) -> Plan {
     ))
 }
 
-fn actions(p: &Plan) -> Vec<(Action, Status)> {
+fn actions(p: &Plan) -> Vec<(Action, Outcome)> {
     p.counts().collect()
 }
 
@@ -84,9 +84,9 @@ fn the_same_interaction_several_times_is_written_once_in_its_last_state_with_a_l
     assert_eq!(
         actions(&p),
         vec![
-            (Action::Create, Status::Success),
-            (Action::Update, Status::Success),
-            (Action::Cancel, Status::Success)
+            (Action::Create, Outcome::Success),
+            (Action::Update, Outcome::Success),
+            (Action::Cancel, Outcome::Success)
         ]
     );
     assert_eq!(p.inserts.len(), 1);
@@ -105,8 +105,8 @@ fn a_create_then_delete_writes_no_event_but_logs_both() {
     assert_eq!(
         actions(&p),
         vec![
-            (Action::Create, Status::Success),
-            (Action::Delete, Status::Success)
+            (Action::Create, Outcome::Success),
+            (Action::Delete, Outcome::Success)
         ]
     );
     assert!(p.inserts.is_empty() && p.updates.is_empty() && p.deletes.is_empty());
@@ -141,9 +141,9 @@ fn a_bad_row_fails_alone_and_keeps_the_last_good_event() {
     assert_eq!(
         actions(&p),
         vec![
-            (Action::Create, Status::Success),
-            (Action::Update, Status::Failed),
-            (Action::Create, Status::Success)
+            (Action::Create, Outcome::Success),
+            (Action::Update, Outcome::Failed),
+            (Action::Create, Outcome::Success)
         ]
     );
     assert_eq!(p.failures.len(), 1);

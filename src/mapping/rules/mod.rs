@@ -43,6 +43,25 @@ impl Action {
     }
 }
 
+/// How an action ended: `calendar_sync_log.status` and the metrics' `status`
+/// label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failed,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 2] = [Outcome::Success, Outcome::Failed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
 /// Why nothing is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Skip {
