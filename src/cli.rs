@@ -99,7 +99,7 @@ pub enum Command {
     /// Asks the running process's /healthz (for the ECS container healthCheck;
     /// the image has no curl): exit code 0 on 200, 1 otherwise, with a reason.
     Healthcheck {
-        /// The address `run` serves on; 0.0.0.0 / [::] mean this host.
+        /// The address `run` serves on; 0.0.0.0 / `[::]` mean this host.
         #[arg(long, env = "CALENDAR_SYNC_HTTP_ADDR")]
         http_addr: Option<SocketAddr>,
         /// Give up after this many seconds.

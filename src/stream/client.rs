@@ -1,5 +1,5 @@
 //! The replication connection (pgwire-replication), the slot and its lock,
-//! the stored progress, and what to do with them at start ([`plan`], pure).
+//! the stored progress, and what to do with them at start ([`StartPlan::decide`], pure).
 //! The initial snapshot is in [`super::snapshot`], the preflight checks in
 //! [`super::preflight`].
 
@@ -379,7 +379,7 @@ pub fn check_owned(slot_name: &str, slot: Option<&SlotInfo>) -> Result<(), SyncE
     Ok(())
 }
 
-/// What a starting session does with its slot (see [`plan`]).
+/// What a starting session does with its slot (see [`StartPlan::decide`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartPlan {
     /// Stream from the stored progress.

@@ -5,7 +5,7 @@
 //! claimed each slot name, by the target's random id
 //! (`calendar_sync_target_id`, migrations/target/0004). `run` reads it under
 //! the slot's advisory lock ([`super::client::lock_slot`]) and acts only on a
-//! slot its own target claimed ([`judge`], pure): it claims the name before
+//! slot its own target claimed ([`Ownership::decide`], pure): it claims the name before
 //! it creates the slot, so a slot whose first snapshot never committed is
 //! still recognized and taken again; a slot claimed by another target, or an
 //! unclaimed one it has no progress for, stops `run` with both deployments'
@@ -34,7 +34,7 @@ pub struct Claim {
     pub claimed_at: String,
 }
 
-/// What [`judge`] allows.
+/// What [`Ownership::decide`] allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ownership {
     /// Claimed by this target: use, drop or recreate it as the start plan says.

@@ -132,6 +132,25 @@ fn fatal_stream(e: &dyn std::fmt::Display) -> SyncError {
     )
 }
 
+/// What the streaming loop does next.
+enum Next {
+    Tick,
+    Event(Option<ReplicationEvent>),
+    Commit,
+}
+
+/// Runs `work` unless a stop comes first (`None`: abandoned).
+async fn unless_stopped<T>(
+    shutdown: &mut Shutdown,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        biased;
+        _ = shutdown.changed() => None,
+        r = work => Some(r),
+    }
+}
+
 impl Streamer<'_> {
     pub(super) async fn run(
         &mut self,
@@ -146,54 +165,48 @@ impl Streamer<'_> {
             // Complete source transactions wait in the batch: commit them as
             // soon as no more data is waiting (low latency when idle).
             let pending = idle && self.writer.has_uncommitted();
-            let event = tokio::select! {
+            let next = tokio::select! {
                 biased;
                 // An uncommitted batch is rolled back and replayed on the
                 // next start: committing it could wait on a CRM lock.
                 _ = shutdown.changed() => return Ok(()),
-                _ = tick.tick(), if idle => {
+                _ = tick.tick(), if idle => Next::Tick,
+                ev = self.repl.recv() => Next::Event(ev.map_err(|e| SyncError::stream("receiving from the replication stream", e))?),
+                _ = std::future::ready(()), if pending => Next::Commit,
+            };
+            // Each piece of work is abandoned when a stop comes (e.g. a
+            // statement waiting for a CRM lock): its connections are dropped
+            // and the server rolls it back; only committed LSNs were
+            // acknowledged.
+            let work = match next {
+                Next::Tick => {
                     ticks = ticks.wrapping_add(1);
                     let check = ticks % PUBLICATION_CHECK_TICKS == 0;
-                    tokio::select! {
-                        biased;
-                        _ = shutdown.changed() => return Ok(()),
-                        r = async {
-                            if pending {
-                                self.commit_batch().await?;
-                            }
-                            self.tick(check).await
-                        } => r?,
-                    }
-                    continue;
+                    unless_stopped(shutdown, async {
+                        if pending {
+                            self.commit_batch().await?;
+                        }
+                        self.tick(check).await?;
+                        Ok(false)
+                    })
+                    .await
                 }
-                ev = self.repl.recv() => ev.map_err(|e| SyncError::stream("receiving from the replication stream", e))?,
-                _ = std::future::ready(()), if pending => {
-                    let committed = tokio::select! {
-                        biased;
-                        _ = shutdown.changed() => return Ok(()),
-                        r = self.commit_batch() => r?,
-                    };
-                    if committed {
-                        *progressed = true;
-                    }
-                    continue;
+                Next::Commit => unless_stopped(shutdown, self.commit_batch()).await,
+                Next::Event(None) => {
+                    return Err(SyncError::transient(
+                        "replication stream",
+                        "the server ended the stream",
+                    ))
+                }
+                Next::Event(Some(event)) => {
+                    self.metrics.server_message();
+                    unless_stopped(shutdown, self.handle(event)).await
                 }
             };
-            let Some(event) = event else {
-                return Err(SyncError::transient(
-                    "replication stream",
-                    "the server ended the stream",
-                ));
+            let Some(committed) = work else {
+                return Ok(());
             };
-            self.metrics.server_message();
-            // SIGTERM abandons an apply in flight (e.g. a statement waiting
-            // for a CRM lock): its connections are dropped and the server
-            // rolls it back; only committed LSNs were acknowledged.
-            let committed = tokio::select! {
-                biased;
-                _ = shutdown.changed() => return Ok(()),
-                r = self.handle(event) => r?,
-            };
+            let committed = committed?;
             if committed {
                 *progressed = true;
             }

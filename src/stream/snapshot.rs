@@ -60,7 +60,7 @@ pub async fn rollback_bounded(writer: &mut Writer) {
 /// `None` when `shutdown` came first (nothing committed: the next start drops
 /// the slot and takes a new snapshot).
 ///
-/// `lock` is the session holding the slot's advisory lock ([`lock_slot`]).
+/// `lock` is the session holding the slot's advisory lock ([`super::client::lock_slot`]).
 /// While the snapshot is taken it is checked every [`LOCK_CHECK_INTERVAL`]
 /// and once more right before the commit: once it is lost, a second process
 /// may drop this slot and create its own, and committing this snapshot's
