@@ -1,6 +1,7 @@
 //! Contract §3, the field mapping, through the real stream.
 
 use chrono::{DateTime, NaiveTime, Utc};
+use uuid::Uuid;
 
 use crate::support::*;
 
@@ -94,6 +95,102 @@ async fn every_mapped_field_is_copied() {
     let start: NaiveTime = e.get("start_time");
     let end: NaiveTime = e.get("end_time");
     assert_eq!(end - start, chrono::Duration::minutes(45));
+    run.stop().await.expect("clean stop");
+}
+
+/// Columns of one type side by side (`title`/`event_type`,
+/// `description`/`location`, `start_time`/`end_time`,
+/// `created_by`/`updated_by`, `created_at`/`updated_at`,
+/// `customer_id`/`contact_id`) get distinct values, and each lands in its own
+/// column: on insert (the `unnest` parameters) and on update (the `SET`
+/// list), with the pairs turned round by the update (issue 15).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn columns_of_one_type_side_by_side_each_land_in_their_own() {
+    const EDITOR: &str = "00000000-0000-4000-8000-0000000000e1";
+    let (db, run) = started_with("UTC").await;
+    db.client
+        .batch_execute(&format!(
+            "insert into users (user_id, email) values ('{EDITOR}', 'eve@example.com')"
+        ))
+        .await
+        .expect("a second user");
+    let (user, editor): (Uuid, Uuid) = (USER.parse().expect("uuid"), EDITOR.parse().expect("uuid"));
+    let (customer, contact): (Uuid, Uuid) = (
+        CUSTOMER.parse().expect("uuid"),
+        CONTACT.parse().expect("uuid"),
+    );
+    let created: DateTime<Utc> = "2001-01-02T03:04:05Z".parse().expect("time");
+    let updated: DateTime<Utc> = "2001-01-03T04:05:06Z".parse().expect("time");
+    let id = db
+        .insert(
+            "Quarterly review",
+            "now() + interval '1 day'",
+            &format!(
+                "description='Agenda';location='HQ';duration_minutes=45;customer_id='{CUSTOMER}';\
+                 contact_id='{CONTACT}';updated_by='{EDITOR}';created_at='{created}';updated_at='{updated}'"
+            ),
+        )
+        .await;
+    let texts = |e: &tokio_postgres::Row| {
+        ["title", "event_type", "description", "location"].map(|c| e.get::<_, Option<String>>(c))
+    };
+    let some = |v: [&str; 4]| v.map(|s| Some(s.to_string()));
+    let by = |e: &tokio_postgres::Row| {
+        ["created_by", "updated_by", "customer_id", "contact_id"]
+            .map(|c| e.get::<_, Option<Uuid>>(c))
+    };
+    let at = |e: &tokio_postgres::Row| {
+        ["created_at", "updated_at"].map(|c| e.get::<_, Option<DateTime<Utc>>>(c))
+    };
+    let length = |e: &tokio_postgres::Row| {
+        e.get::<_, NaiveTime>("end_time") - e.get::<_, NaiveTime>("start_time")
+    };
+    db.wait_count(
+        &format!("select count(*) from calendar_events where related_id = '{id}'"),
+        1,
+    )
+    .await;
+    let e = db.event(id).await.expect("event");
+    assert_eq!(
+        texts(&e),
+        some(["Quarterly review", "meeting", "Agenda", "HQ"])
+    );
+    assert_eq!(by(&e), [user, editor, customer, contact].map(Some));
+    assert_eq!(at(&e), [Some(created), Some(updated)]);
+    assert_eq!(length(&e), chrono::Duration::minutes(45));
+
+    db.client
+        .execute(
+            &format!(
+                "update interaction set subject = 'call', interaction_type = 'Quarterly review',
+                        description = 'HQ', location = 'Agenda', created_by = '{EDITOR}',
+                        updated_by = '{USER}', customer_id = null, duration_minutes = 50
+                  where interaction_id = $1"
+            ),
+            &[&id],
+        )
+        .await
+        .expect("update");
+    db.wait_count(
+        &format!(
+            "select count(*) from calendar_events where related_id = '{id}' and title = 'call'"
+        ),
+        1,
+    )
+    .await;
+    let e = db.event(id).await.expect("event");
+    assert_eq!(
+        texts(&e),
+        some(["call", "Quarterly review", "HQ", "Agenda"])
+    );
+    assert_eq!(by(&e), [Some(editor), Some(user), None, Some(contact)]);
+    let [created_at, updated_at] = at(&e);
+    assert_eq!(created_at, Some(created));
+    assert!(
+        updated_at > Some(updated),
+        "the update trigger's clock_timestamp(): {updated_at:?}"
+    );
+    assert_eq!(length(&e), chrono::Duration::minutes(50));
     run.stop().await.expect("clean stop");
 }
 

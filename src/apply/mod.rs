@@ -10,7 +10,9 @@
 //! memory. Each chunk is decided in memory ([`plan`], pure) against its
 //! interactions' events, read in one query, and written with a handful of
 //! set-based statements (`unnest` arrays): deletes, updates, inserts, log rows,
-//! failures, resolutions. Its `calendar_synced_at` stamps are held by the
+//! failures, resolutions. The statements are in [`sql`]; the mapped columns
+//! of `calendar_events` they list, and the parameters they bind, come from one
+//! table in [`columns`]. A chunk's `calendar_synced_at` stamps are held by the
 //! [`stamper`], which writes them on a session of its own once the batch has
 //! committed.
 //!
@@ -49,6 +51,7 @@
 //! both first wait until what the stream delivered is visible
 //! ([`crate::visibility`], whose [`Pending`] the writer owns).
 
+pub mod columns;
 pub(crate) mod event;
 pub(crate) mod live;
 mod party;

@@ -1,7 +1,7 @@
-//! Every statement of the apply path: a named const with its comment, prepared
-//! once per connection. Batches are written set-based: arrays bound as
-//! parameters and expanded with `unnest`, a few statements per chunk whatever
-//! its size.
+//! Every statement of the apply path: a named const (or a string built from
+//! [`super::columns`]) with its comment, prepared once per connection.
+//! Batches are written set-based: arrays bound as parameters and expanded
+//! with `unnest`, a few statements per chunk whatever its size.
 //!
 //! # Plans that cannot go wrong
 //!
@@ -19,17 +19,26 @@
 //! array, or hash-joined), and stayed so (decision 45). Every `ctid` used is
 //! of a row this transaction has locked (the chunk's events, `for update`),
 //! so it cannot move before the write.
+//!
+//! # Columns
+//!
+//! The mapped columns of `calendar_events` are listed once, in
+//! [`super::columns`]: the select lists, the `unnest` parameters and the
+//! insert and `SET` lists of the event statements are made from it (so those
+//! statements are strings built at run time, not `const`).
+
+use std::sync::LazyLock;
 
 use tokio_postgres::{Client, Statement};
 
+use super::columns;
 use crate::config::ParticipantSchema;
 use crate::db::quote_ident;
 
 /// Columns of `calendar_events` read back as [`crate::mapping::EventFields`],
-/// with the event id and the regression guard.
-pub const EVENT_COLUMNS: &str = "event_id, title, description, event_date, start_time, end_time, all_day, \
-     event_type, event_status, location, participants, created_by, updated_by, created_at, updated_at, \
-     customer_id, contact_id, source_lsn";
+/// with the event id and the regression guard: `event_id, title, ..,
+/// contact_id, source_lsn` ([`columns::stored_columns`]).
+pub static EVENT_COLUMNS: LazyLock<String> = LazyLock::new(columns::stored_columns);
 
 /// The existing events of a chunk's interactions (`$1 uuid[]`), locked for the
 /// target transaction: nothing else changes them until it commits.
@@ -41,14 +50,17 @@ pub const EVENT_COLUMNS: &str = "event_id, title, description, event_date, start
 /// `calendar_events` without statistics yet (a first catch-up, a fresh
 /// snapshot), as a scan of every interaction event filtered by the array:
 /// O(events x chunk), 64 % of a 100,000-row catch-up (decision 45).
-const SELECT_EVENTS: &str = "select e.* from unnest($1::uuid[]) as k(id) cross join lateral (
-     select related_id, event_id, title, description, event_date, start_time, end_time,
-            all_day, event_type, event_status, location, participants, created_by, updated_by,
-            created_at, updated_at, customer_id, contact_id, source_lsn
+static SELECT_EVENTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "select e.* from unnest($1::uuid[]) as k(id) cross join lateral (
+     select related_id, {columns}
        from calendar_events
       where related_table = 'interaction' and related_id = k.id
       limit 1
-        for update) as e";
+        for update) as e",
+        columns = EVENT_COLUMNS.as_str()
+    )
+});
 
 /// Which of `$1 uuid[]` have an open failure (one probe of the open-failure
 /// index per id).
@@ -76,50 +88,37 @@ const DELETE_EVENTS: &str = "delete from calendar_events e using (
          select ctid as tid from calendar_events where event_id = k.id limit 1) as x) as x
   where e.ctid = x.tid";
 
-/// The mapped columns in array form, shared by insert and update. Participants
-/// travel as array literals (`$10 text[]` of `'{..}'`): `unnest` of a
-/// two-dimensional array would flatten it.
-const EVENT_ARRAYS: &str = "unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::time[],
-        $6::time[], $7::bool[], $8::text[], $9::text[], $10::text[], $11::text[], $12::uuid[],
-        $13::uuid[], $14::timestamptz[], $15::timestamptz[], $16::uuid[], $17::uuid[], $18::pg_lsn[],
-        $19::uuid[])
-     as v(event_id, title, description, event_date, start_time, end_time, all_day, event_type,
-          event_status, location, participants, created_by, updated_by, created_at, updated_at,
-          customer_id, contact_id, source_lsn, related_id)";
-
-/// New events, one row per array element (`EVENT_ARRAYS`; `$19` the interaction ids).
+/// New events, one row per array element: the stored columns from
+/// [`columns::unnest_params`] (`unnest($1::uuid[], ..) as v(event_id, ..)`,
+/// bound by `columns::EventArrays`; participants travel as array literals,
+/// `text` cast to `text[]`), `related_id` the interaction ids.
 fn insert_events() -> String {
     format!(
-        "insert into calendar_events (event_id, title, description, event_date, start_time, end_time,
-             all_day, event_type, event_status, location, participants, created_by, updated_by,
-             created_at, updated_at, customer_id, contact_id, source_lsn, related_table, related_id,
-             synced_from, last_synced_at)
-         select v.event_id, v.title, v.description, v.event_date, v.start_time, v.end_time, v.all_day,
-                v.event_type, v.event_status, v.location, v.participants::text[], v.created_by,
-                v.updated_by, v.created_at, v.updated_at, v.customer_id, v.contact_id, v.source_lsn,
-                'interaction', v.related_id, 'interaction', now()
-           from {EVENT_ARRAYS}"
+        "insert into calendar_events
+             ({columns}, related_table, related_id, synced_from, last_synced_at)
+         select {values}, 'interaction', v.related_id, 'interaction', now()
+           from {arrays}",
+        columns = EVENT_COLUMNS.as_str(),
+        values = columns::stored_values(),
+        arrays = columns::unnest_params(),
     )
 }
 
-/// Changed events in their last state (`EVENT_ARRAYS`; `$19` unused, NULLs),
-/// found by the `ctid` of a primary-key probe each. The rows are locked by
-/// `SELECT_EVENTS`, and the regression guard was checked in memory
-/// (`apply::plan`).
+/// Changed events in their last state (the arrays of `insert_events`;
+/// `related_id` unused), found by the `ctid` of a primary-key probe each. The
+/// rows are locked by `SELECT_EVENTS`, and the regression guard was checked
+/// in memory (`apply::plan`).
 fn update_events() -> String {
     format!(
         "update calendar_events e
-            set title = v.title, description = v.description, event_date = v.event_date,
-                start_time = v.start_time, end_time = v.end_time, all_day = v.all_day,
-                event_type = v.event_type, event_status = v.event_status, location = v.location,
-                participants = v.participants::text[], created_by = v.created_by,
-                updated_by = v.updated_by, created_at = v.created_at, updated_at = v.updated_at,
-                customer_id = v.customer_id, contact_id = v.contact_id, source_lsn = v.source_lsn,
+            set {set},
                 last_synced_at = now()
-           from (select v.*, x.tid from {EVENT_ARRAYS} cross join lateral (
+           from (select v.*, x.tid from {arrays} cross join lateral (
                      select ctid as tid from calendar_events c where c.event_id = v.event_id limit 1
                  ) as x) as v
-          where e.ctid = v.tid"
+          where e.ctid = v.tid",
+        set = columns::update_assignments(),
+        arrays = columns::unnest_params(),
     )
 }
 
@@ -250,7 +249,7 @@ pub struct SourceStatements {
 
 pub async fn prepare_target(c: &Client) -> Result<TargetStatements, tokio_postgres::Error> {
     Ok(TargetStatements {
-        select_events: c.prepare(SELECT_EVENTS).await?,
+        select_events: c.prepare(&SELECT_EVENTS).await?,
         select_failing: c.prepare(SELECT_FAILING).await?,
         select_names: c.prepare(SELECT_NAMES).await?,
         delete_events: c.prepare(DELETE_EVENTS).await?,
@@ -325,13 +324,16 @@ pub fn live_with_names(p: &ParticipantSchema, which: LiveRead) -> String {
 /// Events of interactions `$1 uuid[]` (`related_id` and [`EVENT_COLUMNS`]),
 /// not locked (`reconcile` compares; the writer locks when it writes). One
 /// index probe per id, as in `SELECT_EVENTS`.
-pub const PEEK_EVENTS: &str = "select e.* from unnest($1::uuid[]) as k(id) cross join lateral (
-     select related_id, event_id, title, description, event_date, start_time,
-            end_time, all_day, event_type, event_status, location, participants, created_by,
-            updated_by, created_at, updated_at, customer_id, contact_id, source_lsn
+pub static PEEK_EVENTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "select e.* from unnest($1::uuid[]) as k(id) cross join lateral (
+     select related_id, {columns}
        from calendar_events
       where related_table = 'interaction' and related_id = k.id
-      limit 1) as e";
+      limit 1) as e",
+        columns = EVENT_COLUMNS.as_str()
+    )
+});
 
 /// A keyset page of interaction events' `related_id`s: after `$1` (from it
 /// when `inclusive`), in order, at most `$2 bigint`.

@@ -4,13 +4,13 @@
 
 use std::collections::{HashSet, VecDeque};
 
-use chrono::NaiveTime;
 use tokio_postgres::types::PgLsn;
 use uuid::Uuid;
 
+use super::columns::EventArrays;
 use super::event::event_from_row;
 use super::plan::{self, FailureRow, Known, LogRow, Plan, Planned, RowChange};
-use super::{db, sql, Batch, Writer};
+use super::{db, Batch, Writer};
 use crate::error::{classify_pg, describe_pg, ErrorClass, SyncError};
 use crate::lsn::Lsn;
 use crate::mapping::Action;
@@ -225,13 +225,13 @@ impl Writer {
                 if plan.updates.is_empty() {
                     return Ok(0);
                 }
-                updates.execute(t, &self.t.update_events).await
+                t.execute(&self.t.update_events, &updates.params()).await
             },
             async {
                 if plan.inserts.is_empty() {
                     return Ok(0);
                 }
-                inserts.execute(t, &self.t.insert_events).await
+                t.execute(&self.t.insert_events, &inserts.params()).await
             },
             self.write_log(&plan.log),
             self.write_failures(&plan.failures, retry),
@@ -355,111 +355,5 @@ impl Writer {
             .batch_execute(&format!("rollback to savepoint {name}"))
             .await
             .map_err(db("rolling back to a savepoint"))
-    }
-}
-
-/// The parameters of `sql::insert_events` / `update_events`, column by column.
-struct EventArrays<'a> {
-    event_id: Vec<Uuid>,
-    title: Vec<&'a str>,
-    description: Vec<Option<&'a str>>,
-    event_date: Vec<chrono::DateTime<chrono::Utc>>,
-    start_time: Vec<NaiveTime>,
-    end_time: Vec<Option<NaiveTime>>,
-    all_day: Vec<bool>,
-    event_type: Vec<&'a str>,
-    event_status: Vec<&'static str>,
-    location: Vec<Option<&'a str>>,
-    participants: Vec<String>,
-    created_by: Vec<Uuid>,
-    updated_by: Vec<Option<Uuid>>,
-    created_at: Vec<Option<chrono::DateTime<chrono::Utc>>>,
-    updated_at: Vec<Option<chrono::DateTime<chrono::Utc>>>,
-    customer_id: Vec<Option<Uuid>>,
-    contact_id: Vec<Option<Uuid>>,
-    source_lsn: Vec<Option<PgLsn>>,
-    related_id: Vec<Uuid>,
-}
-
-impl<'a> EventArrays<'a> {
-    /// `rows`: `(interaction id, event)`.
-    fn new(rows: &[(Uuid, &'a plan::StoredEvent)]) -> Self {
-        let n = rows.len();
-        let mut a = EventArrays {
-            event_id: Vec::with_capacity(n),
-            title: Vec::with_capacity(n),
-            description: Vec::with_capacity(n),
-            event_date: Vec::with_capacity(n),
-            start_time: Vec::with_capacity(n),
-            end_time: Vec::with_capacity(n),
-            all_day: Vec::with_capacity(n),
-            event_type: Vec::with_capacity(n),
-            event_status: Vec::with_capacity(n),
-            location: Vec::with_capacity(n),
-            participants: Vec::with_capacity(n),
-            created_by: Vec::with_capacity(n),
-            updated_by: Vec::with_capacity(n),
-            created_at: Vec::with_capacity(n),
-            updated_at: Vec::with_capacity(n),
-            customer_id: Vec::with_capacity(n),
-            contact_id: Vec::with_capacity(n),
-            source_lsn: Vec::with_capacity(n),
-            related_id: Vec::with_capacity(n),
-        };
-        for (related, e) in rows {
-            let f = &e.fields;
-            a.event_id.push(e.event_id);
-            a.title.push(&f.title);
-            a.description.push(f.description.as_deref());
-            a.event_date.push(f.event_date);
-            a.start_time.push(f.start_time);
-            a.end_time.push(f.end_time);
-            a.all_day.push(f.all_day);
-            a.event_type.push(&f.event_type);
-            a.event_status.push(f.event_status.as_str());
-            a.location.push(f.location.as_deref());
-            a.participants.push(sql::array_literal(&f.participants));
-            a.created_by.push(f.created_by);
-            a.updated_by.push(f.updated_by);
-            a.created_at.push(f.created_at);
-            a.updated_at.push(f.updated_at);
-            a.customer_id.push(f.customer_id);
-            a.contact_id.push(f.contact_id);
-            a.source_lsn.push(e.source_lsn.map(PgLsn::from));
-            a.related_id.push(*related);
-        }
-        a
-    }
-
-    async fn execute(
-        &self,
-        c: &tokio_postgres::Client,
-        stmt: &tokio_postgres::Statement,
-    ) -> Result<u64, tokio_postgres::Error> {
-        c.execute(
-            stmt,
-            &[
-                &self.event_id,
-                &self.title,
-                &self.description,
-                &self.event_date,
-                &self.start_time,
-                &self.end_time,
-                &self.all_day,
-                &self.event_type,
-                &self.event_status,
-                &self.location,
-                &self.participants,
-                &self.created_by,
-                &self.updated_by,
-                &self.created_at,
-                &self.updated_at,
-                &self.customer_id,
-                &self.contact_id,
-                &self.source_lsn,
-                &self.related_id,
-            ],
-        )
-        .await
     }
 }

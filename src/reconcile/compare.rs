@@ -1,12 +1,12 @@
 //! PURE: how one interaction stands against its event ([`judge`]): fine,
-//! missing, drifted (field by field, [`FIELDS`]) or invalid, with the stamp
-//! rule for `updated_at` (see the parent module's docs). No IO, no clock: the
-//! time is passed in.
+//! missing, drifted (field by field, [`FIELDS`](super::FIELDS)) or invalid,
+//! with the stamp rule for `updated_at` (see the parent module's docs). No
+//! IO, no clock: the time is passed in.
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
-use super::FIELDS;
+use crate::apply::columns::EventColumn;
 use crate::apply::LiveInteraction;
 use crate::mapping::rules::{decide, event_fields, Change};
 use crate::mapping::{Decision, EventFields, InteractionRow};
@@ -32,36 +32,20 @@ pub fn stamp_bump_only(row: &InteractionRow, synced_at: Option<DateTime<Utc>>) -
     matches!((row.updated_at, synced_at), (Some(u), Some(s)) if u <= s + STAMP_BUMP_WINDOW)
 }
 
-/// PURE: the fields of `stored` that differ from `expected`.
+/// PURE: the fields of `stored` that differ from `expected`, in
+/// [`FIELDS`](super::FIELDS) order, each compared by its column
+/// ([`EventColumn::differs`]); `updated_at` not when `ignore_updated_at` (the
+/// stamp rule).
 pub fn differing_fields(
     expected: &EventFields,
     stored: &EventFields,
     ignore_updated_at: bool,
 ) -> Vec<&'static str> {
-    let (e, s) = (expected, stored);
-    let same = [
-        e.title == s.title,
-        e.description == s.description,
-        e.event_date == s.event_date,
-        e.start_time == s.start_time,
-        e.end_time == s.end_time,
-        e.all_day == s.all_day,
-        e.event_type == s.event_type,
-        e.event_status == s.event_status,
-        e.location == s.location,
-        e.participants == s.participants,
-        e.created_by == s.created_by,
-        e.updated_by == s.updated_by,
-        e.created_at == s.created_at,
-        ignore_updated_at || e.updated_at == s.updated_at,
-        e.customer_id == s.customer_id,
-        e.contact_id == s.contact_id,
-    ];
-    FIELDS
-        .iter()
-        .zip(same)
-        .filter(|(_, same)| !same)
-        .map(|(f, _)| *f)
+    EventColumn::ALL
+        .into_iter()
+        .filter(|c| !(ignore_updated_at && *c == EventColumn::UpdatedAt))
+        .filter(|c| c.differs(expected, stored))
+        .map(EventColumn::name)
         .collect()
 }
 

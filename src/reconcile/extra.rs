@@ -32,7 +32,7 @@ pub(super) async fn extra_events(
     mut writer: Option<&mut Writer>,
 ) -> Result<(u64, u64), SyncError> {
     let peek = target
-        .prepare(sql::PEEK_EVENTS)
+        .prepare(&sql::PEEK_EVENTS)
         .await
         .map_err(db("preparing the event read"))?;
     let first = target

@@ -69,6 +69,7 @@ use chrono::Utc;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
+use crate::apply::columns::EventColumn;
 use crate::apply::event::event_from_row;
 use crate::apply::plan::StoredEvent;
 use crate::apply::sql::{self, LiveRead};
@@ -95,25 +96,9 @@ pub const PAGE: i64 = 5000;
 /// How often a progress line is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
-/// The compared `calendar_events` columns, as named in the report.
-pub const FIELDS: [&str; 16] = [
-    "title",
-    "description",
-    "event_date",
-    "start_time",
-    "end_time",
-    "all_day",
-    "event_type",
-    "event_status",
-    "location",
-    "participants",
-    "created_by",
-    "updated_by",
-    "created_at",
-    "updated_at",
-    "customer_id",
-    "contact_id",
-];
+/// The compared `calendar_events` columns, as named in the report: the
+/// mapped columns, in table order ([`EventColumn::NAMES`]).
+pub const FIELDS: [&str; EventColumn::ALL.len()] = EventColumn::NAMES;
 
 fn db(context: &'static str) -> impl Fn(tokio_postgres::Error) -> SyncError {
     move |e| SyncError::db(context, e)
@@ -147,7 +132,7 @@ pub async fn reconcile(cfg: &Config, dry_run: bool) -> Result<Report, SyncError>
         ))
         .await
         .map_err(db("preparing the interaction read"))?;
-    let peek = target.prepare(sql::PEEK_EVENTS).await.map_err(db(
+    let peek = target.prepare(&sql::PEEK_EVENTS).await.map_err(db(
         "preparing the event read (has `calendar-sync migrate` run?)",
     ))?;
     let by_ids = source
