@@ -28,6 +28,7 @@
 //! | a batch (one target transaction), its kind's data, what its commit means (`Committed`) | [`apply`] |
 //! | a chunk's decision against the events it reads | `apply::plan` |
 //! | every statement of the apply path | `apply::sql` |
+//! | `calendar_events`' mapped columns: names, types, parameters, drift fields | `apply::columns` |
 //! | writes from the source's live state (retries, reconcile) | `apply::live` |
 //! | the `calendar_synced_at` stamp | `apply::stamper` |
 //! | the echo marker and its proof | [`echo`] |
