@@ -8,7 +8,8 @@
 //! *row-permanent*, exists only inside `apply`: one change that the target
 //! refuses (constraint, invalid data, a trigger's exception) is isolated under
 //! a savepoint and recorded in `calendar_sync_failures`; it never reaches this
-//! type.
+//! type. What cannot be classified is transient (decision 56; the table per
+//! SQLSTATE class is in [`sqlstate`]).
 
 use tokio_postgres::error::SqlState;
 
@@ -22,9 +23,11 @@ pub use sqlstate::{classify_sqlstate, fatal_kind};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
     /// Connection lost, server restart, serialization failure, deadlock, lock
-    /// timeout: retry the whole source transaction later.
+    /// timeout, and whatever cannot be classified: retry the whole source
+    /// transaction later.
     Transient,
-    /// The target refuses this one row (23xxx integrity, 22xxx data exception).
+    /// The target refuses this one row (22 data, 23 integrity, a CRM trigger
+    /// raising against it, ...: see [`classify_sqlstate`]).
     RowPermanent,
     /// Configuration, permissions, missing objects, a gone slot: an operator
     /// must act.
@@ -250,10 +253,9 @@ impl SyncError {
                 FatalKind::Bug,
                 "this is a bug in calendar-sync or pgwire-replication: report it with the log",
             ),
-            _ => (
-                FatalKind::MalformedStream,
-                "this is a protocol problem between calendar-sync and the server; check the server version",
-            ),
+            // A variant a later pgwire-replication adds (`non_exhaustive`):
+            // what cannot be classified is retried, its text logged.
+            _ => return SyncError::transient(context, e),
         };
         SyncError::fatal(kind, format!("{context}: {e}"), hint)
     }
@@ -363,6 +365,21 @@ mod tests {
         ] {
             assert_eq!(SyncError::stream("c", e).kind(), Some(kind));
         }
+    }
+
+    #[test]
+    fn a_retried_server_error_keeps_its_sqlstate_and_message_for_the_log() {
+        use pgwire_replication::PgWireError as W;
+        let e = SyncError::stream(
+            "receiving from the replication stream",
+            W::Server("could not read block 7 in file \"base/1/2\": read only 0 of 8192 bytes (SQLSTATE 58030)".into()),
+        );
+        assert!(e.is_transient());
+        let text = e.to_string();
+        assert!(
+            text.contains("SQLSTATE 58030") && text.contains("could not read block 7"),
+            "{text}"
+        );
     }
 
     #[test]
