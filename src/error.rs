@@ -74,10 +74,22 @@ pub enum FatalKind {
     Usage,
 }
 
-/// Classifies a tokio-postgres error. Without a SQLSTATE: a broken or
-/// refused connection (an I/O error, or the connection closed) is transient;
-/// anything else (TLS required but not configured, a bad connection string)
-/// needs an operator.
+/// Classifies a tokio-postgres error by the driver's own signals, never by
+/// its text: a SQLSTATE ([`classify_sqlstate`]); `is_closed()` (the
+/// connection task ended); a TLS failure (fatal: it never passes by
+/// retrying); any `io::Error` in the source chain (transient, whatever its
+/// `ErrorKind`: a refused or reset connection, a `connect_timeout` (the
+/// driver's `Kind::Connect` with `TimedOut`), an unexpected EOF while reading
+/// a message, and also a host name that resolves to nothing or a standby that
+/// refuses writes, both normal while a failover moves DNS). What is left
+/// (a value of an unexpected type, a row or column count, a password the URL
+/// lacks) is decided in calendar-sync or its driver, not by the server: fatal.
+///
+/// The driver's `Kind` is private; before this, its Display was matched for
+/// "connection closed" (that is `is_closed()`), "timed out" and "unexpected
+/// EOF" (those are `io::Error`s in the chain: the driver's Display never shows
+/// its cause). Its `Kind::Timeout` is built only by the blocking `postgres`
+/// crate.
 pub fn classify_pg(e: &tokio_postgres::Error) -> ErrorClass {
     if let Some(code) = e.code() {
         return classify_sqlstate(code.code());
@@ -89,14 +101,6 @@ pub fn classify_pg(e: &tokio_postgres::Error) -> ErrorClass {
         return ErrorClass::Fatal;
     }
     if causes(e).any(|s| s.is::<std::io::Error>()) {
-        return ErrorClass::Transient;
-    }
-    // tokio-postgres reports a closed connection and timeouts without a source.
-    let text = e.to_string();
-    if text.contains("connection closed")
-        || text.contains("timed out")
-        || text.contains("unexpected EOF")
-    {
         return ErrorClass::Transient;
     }
     ErrorClass::Fatal
@@ -399,5 +403,43 @@ mod tests {
             W::Server("publication \"p\" does not exist (SQLSTATE 42704)".into()),
         );
         assert_eq!(e.kind(), Some(FatalKind::PublicationMissing));
+    }
+
+    async fn connect_error(port: u16) -> tokio_postgres::Error {
+        let url = format!("postgres://u:p@127.0.0.1:{port}/d?connect_timeout=5");
+        match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+            Ok(_) => panic!("nothing listens at {port}, yet it connected"),
+            Err(e) => e,
+        }
+    }
+
+    /// Without a server: the driver's kinds, not its text, make a refused and
+    /// a dropped connection transient.
+    #[tokio::test]
+    async fn a_refused_or_dropped_connection_is_transient_by_the_drivers_kinds() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        drop(listener);
+        let refused = connect_error(port).await;
+        assert!(causes(&refused).any(|s| s
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)));
+        assert_eq!(classify_pg(&refused), ErrorClass::Transient);
+        assert!(SyncError::connect("connecting", refused).is_transient());
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let hang_up = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.expect("accept");
+            drop(socket);
+        });
+        let dropped = connect_error(port).await;
+        hang_up.await.expect("the listener task");
+        assert!(dropped.is_closed() || causes(&dropped).any(|s| s.is::<std::io::Error>()));
+        assert_eq!(classify_pg(&dropped), ErrorClass::Transient, "{dropped:?}");
     }
 }
