@@ -24,7 +24,7 @@ use tokio_postgres::{Client, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::SecretUrl;
-use crate::error::SyncError;
+use crate::error::{FatalKind, SyncError};
 use crate::tls::{SslMode, TlsSettings};
 
 /// `application_name` of every session, so operators can find them.
@@ -84,6 +84,7 @@ async fn connect_with(
 ) -> Result<Client, SyncError> {
     let bad = |e: &dyn std::fmt::Display| {
         SyncError::fatal(
+            FatalKind::Config,
             format!("{role} connection string: {e}"),
             "expected postgres://user:password@host:port/dbname[?sslmode=verify-full&sslrootcert=/path/ca.pem]",
         )
@@ -113,7 +114,7 @@ async fn connect_with(
         let (client, connection) = config
             .connect(NoTls)
             .await
-            .map_err(|e| SyncError::db(connecting, e))?;
+            .map_err(|e| SyncError::connect(connecting, e))?;
         spawn_connection(role, connection);
         client
     } else {
@@ -121,7 +122,7 @@ async fn connect_with(
         let (client, connection) = config
             .connect(MakeRustlsConnect::new(rustls))
             .await
-            .map_err(|e| SyncError::db(connecting, e))?;
+            .map_err(|e| SyncError::connect(connecting, e))?;
         spawn_connection(role, connection);
         client
     };

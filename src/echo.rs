@@ -31,7 +31,7 @@
 use ring::digest;
 use tokio_postgres::Client;
 
-use crate::error::SyncError;
+use crate::error::{FatalKind, SyncError};
 
 /// Prefix of the transactional logical message that marks our transactions.
 pub const PREFIX: &str = "calendar_sync.echo";
@@ -70,6 +70,7 @@ impl EchoKey {
             .map_err(|e| SyncError::db(HINT, e))?;
         let Some(row) = row else {
             return Err(SyncError::fatal(
+                FatalKind::SchemaMissing,
                 "calendar_sync_echo_key is empty: calendar-sync cannot mark its own transactions",
                 "run `calendar-sync migrate` (it creates the key); do not delete the row",
             ));
@@ -77,6 +78,7 @@ impl EchoKey {
         let key: Vec<u8> = row.try_get(0).map_err(|e| SyncError::db(HINT, e))?;
         let key: [u8; 32] = key.try_into().map_err(|k: Vec<u8>| {
             SyncError::fatal(
+                FatalKind::SchemaMissing,
                 format!(
                     "calendar_sync_echo_key holds a key of {} bytes, expected 32",
                     k.len()

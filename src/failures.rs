@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::cli::FailuresAction;
 use crate::config::Config;
 use crate::db;
-use crate::error::SyncError;
+use crate::error::{FatalKind, SyncError};
 
 #[derive(Debug, Serialize)]
 pub struct Failure {
@@ -105,6 +105,7 @@ pub async fn run(cfg: &Config, action: FailuresAction) -> Result<(), SyncError> 
                 println!("failure {id} resolved");
             } else {
                 return Err(SyncError::fatal(
+                    FatalKind::Usage,
                     format!("no open failure with id {id}"),
                     "see `calendar-sync failures list`",
                 ));

@@ -61,7 +61,7 @@ fn report_fatal(format: LogFormat, e: &anyhow::Error) {
     match format {
         LogFormat::Text => eprintln!("error: {e:#}"),
         LogFormat::Json => match e.downcast_ref::<SyncError>() {
-            Some(SyncError::Fatal { message, hint }) => {
+            Some(SyncError::Fatal { message, hint, .. }) => {
                 tracing::error!(error = %message, hint = %hint, "fatal error: stopping");
             }
             _ => tracing::error!(error = %format!("{e:#}"), "fatal error: stopping"),

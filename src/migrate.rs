@@ -10,7 +10,7 @@ use tokio_postgres::Client;
 
 use crate::config::Config;
 use crate::db::{self, quote_ident};
-use crate::error::SyncError;
+use crate::error::{FatalKind, SyncError};
 use crate::mapping::interaction::MAPPED_COLUMNS;
 use crate::stream::preflight::check_identity_keys;
 
@@ -78,6 +78,7 @@ pub async fn migrate(cfg: &Config) -> Result<MigrateReport, SyncError> {
         .is_none()
     {
         return Err(SyncError::fatal(
+            FatalKind::Config,
             "the source database has no interaction table in its search_path",
             "point DATABASE_URL at the CRM database (and its schema via options=-csearch_path=...)",
         ));
@@ -268,12 +269,14 @@ async fn ensure_publication(source: &Client, cfg: &Config) -> Result<bool, SyncE
             .collect();
         if present.is_empty() {
             return Err(SyncError::fatal(
+                FatalKind::SchemaChanged,
                 format!("table {table} not found in the source database"),
                 "calendar-sync needs interaction, customer and contact (names configurable, see README)",
             ));
         }
         if let Some(missing) = columns.iter().find(|c| !present.iter().any(|p| p == *c)) {
             return Err(SyncError::fatal(
+                FatalKind::SchemaChanged,
                 format!("column {table}.{missing} not found"),
                 "calendar-sync maps this column; check the table or the CALENDAR_SYNC_* column settings",
             ));
@@ -333,6 +336,7 @@ async fn check_replica_identity(
     let (kind, identity): (String, Vec<String>) = (row.get(0), row.get(1));
     let refuse = |why: String| {
         Err(SyncError::fatal(
+            FatalKind::SchemaChanged,
             format!("cannot publish {table} for calendar-sync: {why}"),
             format!(
                 "PostgreSQL requires the publication's column list ({}) to cover the replica identity, else UPDATE and DELETE of {table} fail; use ALTER TABLE {table} REPLICA IDENTITY DEFAULT with a primary key on the mapped id column",

@@ -406,3 +406,37 @@ async fn the_failures_commands_list_and_resolve_through_the_binary() {
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", show(&out)));
     assert_eq!(json, serde_json::json!([]), "nothing open any more");
 }
+
+/// A trigger of the CRM on calendar_events that raises against one row
+/// (P0001, `raise exception`) refuses that row, not the stream (decision 56;
+/// it stopped the stream before): the row is a failure, the stream goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crm_trigger_raising_against_one_event_is_that_rows_failure() {
+    let (db, run) = started().await;
+    db.client
+        .batch_execute(
+            "create function veto() returns trigger language plpgsql as $$
+             begin
+               if new.title = 'Vetoed' then
+                 raise exception 'the CRM refuses %', new.title;
+               end if;
+               return new;
+             end $$;
+             create trigger veto before insert or update on calendar_events
+               for each row execute function veto();",
+        )
+        .await
+        .expect("the trigger");
+    let bad = db.insert("Vetoed", "now()", "").await;
+    let good = db.insert("Welcome", "now()", "").await;
+    db.wait_count(&failure_rows(bad), 1).await;
+    db.wait_count(&log_rows(good, "create", "success"), 1).await;
+    let f = the_failure(&db, bad).await;
+    assert!(
+        f.error_message.contains("the CRM refuses Vetoed") && f.error_message.contains("P0001"),
+        "{f:?}"
+    );
+    assert!(db.event(bad).await.is_none());
+    assert!(!run.handle.is_finished(), "the stream goes on");
+    run.stop().await.expect("clean stop");
+}

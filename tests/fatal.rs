@@ -25,7 +25,7 @@ async fn a_dropped_slot_is_fatal_names_the_slot_and_says_how_to_start_over() {
 
     // In-process: a fatal error, not an endless retry.
     let mut run = Running::start(db.config());
-    let (message, hint) = fatal_of(&mut run, Duration::from_secs(20)).await;
+    let (message, hint) = fatal_of(&mut run, FatalKind::SlotGone, Duration::from_secs(20)).await;
     assert!(message.contains(&db.name), "names the slot: {message}");
     let recipe = format!(
         "delete from calendar_sync_progress where slot_name = '{}'",
@@ -101,15 +101,18 @@ async fn a_missing_publication_stops_the_binary_quickly_with_a_hint_to_migrate()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_target_schema_is_fatal_with_a_hint_to_migrate() {
     let db = TestDb::crm().await;
+    // Every table published (with interaction alone, the publication check
+    // stops it first), but nothing of `migrate` in the target.
     db.client
         .batch_execute(&format!(
-            "create publication {} for table interaction",
+            "create publication {} for table interaction, customer, contact",
             db.name
         ))
         .await
         .expect("publication by hand");
     let mut run = Running::start(db.config());
-    let (message, hint) = fatal_of(&mut run, Duration::from_secs(15)).await;
+    let (message, hint) =
+        fatal_of(&mut run, FatalKind::SchemaMissing, Duration::from_secs(15)).await;
     assert!(
         hint.contains("calendar-sync migrate"),
         "hints migrate: {message} / {hint}"
@@ -126,7 +129,7 @@ async fn wal_level_replica_is_fatal_and_names_wal_level() {
     let db = crm_on(&cluster, "t_replica").await;
     db.migrate().await;
     let mut run = Running::start(db.config());
-    let (message, hint) = fatal_of(&mut run, Duration::from_secs(15)).await;
+    let (message, hint) = fatal_of(&mut run, FatalKind::Config, Duration::from_secs(15)).await;
     assert!(
         message.contains("wal_level is replica"),
         "names wal_level: {message}"
@@ -159,7 +162,7 @@ async fn a_role_without_replication_rights_is_fatal_and_mentions_replication() {
     let mut cfg = calendar_sync::config::Config::new(url, &db.name).expect("config");
     cfg.publication = db.name.clone();
     let mut run = Running::start(cfg);
-    let (message, hint) = fatal_of(&mut run, Duration::from_secs(15)).await;
+    let (message, hint) = fatal_of(&mut run, FatalKind::Permission, Duration::from_secs(15)).await;
     assert!(
         format!("{message} {hint}").contains("REPLICATION"),
         "mentions REPLICATION: {message} / {hint}"
@@ -202,7 +205,7 @@ async fn a_slot_invalidated_by_max_slot_wal_keep_size_is_fatal() {
     .await;
     assert!(lost, "the slot was not invalidated");
     let mut run = Running::start(db.config());
-    let (message, hint) = fatal_of(&mut run, Duration::from_secs(20)).await;
+    let (message, hint) = fatal_of(&mut run, FatalKind::SlotGone, Duration::from_secs(20)).await;
     assert!(
         message.contains("invalidated") && message.contains(&db.name),
         "{message}"

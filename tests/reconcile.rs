@@ -344,7 +344,7 @@ async fn run_resync_after_a_dropped_slot_recreates_it_and_removes_events_of_inte
 
     // Without --resync: fatal, and the hint names the way out.
     let mut plain = Running::start(db.config());
-    let (_, hint) = fatal_of(&mut plain, Duration::from_secs(20)).await;
+    let (_, hint) = fatal_of(&mut plain, FatalKind::SlotGone, Duration::from_secs(20)).await;
     assert!(hint.contains("run --resync"), "{hint}");
 
     let child = binary_for(&db)

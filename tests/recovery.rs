@@ -489,3 +489,55 @@ async fn a_second_consumer_on_the_same_slot_waits_and_takes_over_when_the_first_
     );
     b.stop().await.expect("B stops cleanly");
 }
+
+/// A SQLSTATE of a class that is retried (decision 56: XX000 internal_error,
+/// fatal before; raised here by a trigger on calendar_events while a switch
+/// is on) holds the stream back with backoff and counted reconnects, writes
+/// no failure row, and once it passes the change is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_internal_error_is_retried_until_it_passes_without_a_failure_row() {
+    let (db, run) = started().await;
+    db.client
+        .batch_execute(
+            "create table trouble (since timestamptz);
+             insert into trouble values (now());
+             create function internal_trouble() returns trigger language plpgsql as $$
+             begin
+               if exists (select 1 from trouble) then
+                 raise exception 'simulated internal error' using errcode = 'XX000';
+               end if;
+               return new;
+             end $$;
+             create trigger internal_trouble before insert on calendar_events
+               for each row execute function internal_trouble();",
+        )
+        .await
+        .expect("the trigger");
+    let id = db.insert("Through trouble", "now()", "").await;
+    let retried = wait_until(Duration::from_secs(30), || async {
+        reconnects(&run.metrics) >= 2
+    })
+    .await;
+    assert!(retried, "retried: {} reconnects", reconnects(&run.metrics));
+    assert!(!run.handle.is_finished(), "not fatal");
+    assert!(db.event(id).await.is_none());
+
+    db.client
+        .batch_execute("delete from trouble")
+        .await
+        .expect("the trouble passes");
+    db.wait_count(&log_rows(id, "create", "success"), 1).await;
+    db.barrier().await;
+    assert_eq!(
+        db.count("select count(*) from calendar_sync_failures")
+            .await,
+        0,
+        "a retried error is no row's failure"
+    );
+    assert_eq!(
+        db.count(&log_rows(id, "create", "failed")).await,
+        0,
+        "nor a failed log row"
+    );
+    run.stop().await.expect("clean stop");
+}

@@ -179,7 +179,12 @@ async fn losing_interaction_from_the_publication_is_fatal_before_anything_after_
         )
         .await
         .expect("customer update");
-    let (message, hint) = fatal_of(&mut run, Duration::from_secs(20)).await;
+    let (message, hint) = fatal_of(
+        &mut run,
+        FatalKind::PublicationMissing,
+        Duration::from_secs(20),
+    )
+    .await;
     assert!(
         message.contains(&format!("publication {}", db.name)) && message.contains("interaction"),
         "{message}"
@@ -212,7 +217,8 @@ async fn another_table_taking_the_name_interaction_is_fatal_before_anything_afte
         .await
         .expect("swap");
     let after = pg_current_lsn(&db.client).await;
-    let (message, hint) = fatal_of(&mut run, Duration::from_secs(20)).await;
+    let (message, hint) =
+        fatal_of(&mut run, FatalKind::SchemaChanged, Duration::from_secs(20)).await;
     assert!(
         message.contains("interaction now names another table"),
         "{message}"
@@ -246,7 +252,8 @@ async fn a_table_swapped_in_while_calendar_sync_was_down_is_fatal_not_a_silent_l
         .await
         .expect("swap");
     let mut run = Running::start(db.config());
-    let (message, hint) = fatal_of(&mut run, Duration::from_secs(20)).await;
+    let (message, hint) =
+        fatal_of(&mut run, FatalKind::SchemaChanged, Duration::from_secs(20)).await;
     assert!(
         message.contains("public.interaction") && message.contains("relation id"),
         "{message}"

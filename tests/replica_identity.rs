@@ -110,7 +110,8 @@ async fn run_refuses_at_start_an_identity_index_set_after_migrate() {
 
     // In-process: fatal, naming the index and the column, before any slot.
     let mut run = Running::start(db.config());
-    let (message, hint) = fatal_of(&mut run, Duration::from_secs(15)).await;
+    let (message, hint) =
+        fatal_of(&mut run, FatalKind::SchemaChanged, Duration::from_secs(15)).await;
     assert!(
         message.contains("interaction_subject_date") && message.contains("interaction_id"),
         "names the index and the missing column: {message}"
@@ -169,7 +170,8 @@ async fn a_delete_without_its_id_in_the_stream_stops_with_the_way_out() {
         .execute("delete from interaction where interaction_id = $1", &[&id])
         .await
         .expect("CRM delete works");
-    let (message, hint) = fatal_of(&mut run, Duration::from_secs(20)).await;
+    let (message, hint) =
+        fatal_of(&mut run, FatalKind::SchemaChanged, Duration::from_secs(20)).await;
     assert!(
         message.contains("interaction.interaction_id") && message.contains("replica identity"),
         "{message}"
@@ -183,7 +185,7 @@ async fn a_delete_without_its_id_in_the_stream_stops_with_the_way_out() {
 
     // The identity is still wrong: the next start says so.
     let mut run = Running::start(db.config());
-    let (message, _) = fatal_of(&mut run, Duration::from_secs(15)).await;
+    let (message, _) = fatal_of(&mut run, FatalKind::SchemaChanged, Duration::from_secs(15)).await;
     assert!(message.contains("interaction_subject_date"), "{message}");
 
     // Fixed identity, same slot: the delete is replayed as it was written.
@@ -192,7 +194,7 @@ async fn a_delete_without_its_id_in_the_stream_stops_with_the_way_out() {
         .await
         .expect("ri default");
     let mut run = Running::start(db.config());
-    let (message, _) = fatal_of(&mut run, Duration::from_secs(20)).await;
+    let (message, _) = fatal_of(&mut run, FatalKind::SchemaChanged, Duration::from_secs(20)).await;
     assert!(message.contains("interaction.interaction_id"), "{message}");
 
     // Following the hint: drop the slot, run --resync once.

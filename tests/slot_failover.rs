@@ -37,7 +37,7 @@ async fn a_failover_slot_is_created_or_altered_on_17_and_refused_before() {
     cfg.slot_failover = true;
     if server_major(&db).await < 17 {
         let mut run = Running::start(cfg);
-        let (message, hint) = fatal_of(&mut run, Duration::from_secs(20)).await;
+        let (message, hint) = fatal_of(&mut run, FatalKind::Config, Duration::from_secs(20)).await;
         assert!(
             message.contains("CALENDAR_SYNC_SLOT_FAILOVER=true"),
             "{message}"

@@ -204,7 +204,12 @@ async fn a_second_deployment_on_the_same_slot_name_is_refused_and_the_first_lose
 
     // B, pointed at the same CRM and slot name: refused, nothing touched.
     let mut run_b = Running::start(cfg_b.clone());
-    let (message, hint) = fatal_of(&mut run_b, Duration::from_secs(20)).await;
+    let (message, hint) = fatal_of(
+        &mut run_b,
+        FatalKind::OwnershipConflict,
+        Duration::from_secs(20),
+    )
+    .await;
     assert!(
         message.contains("belongs to another calendar-sync"),
         "{message}"

@@ -70,7 +70,7 @@ async fn an_untrusted_server_certificate_is_fatal() {
         Config::new(verify_full(cluster.port(), "tlsbad", &wrong), &db.name).expect("config");
     cfg.publication = db.name.clone();
     let mut run = Running::start(cfg);
-    let (message, _hint) = fatal_of(&mut run, Duration::from_secs(20)).await;
+    let (message, _hint) = fatal_of(&mut run, FatalKind::Config, Duration::from_secs(20)).await;
     assert!(
         message.to_lowercase().contains("certificate") || message.contains("tls"),
         "{message}"

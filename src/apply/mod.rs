@@ -71,7 +71,7 @@ use uuid::Uuid;
 
 use crate::changes::SourceChange;
 use crate::config::{BatchLimits, Config};
-use crate::error::SyncError;
+use crate::error::{FatalKind, SyncError};
 use crate::lsn::Lsn;
 use crate::mapping::Action;
 use crate::mapping::Outcome;
@@ -375,6 +375,7 @@ impl Writer {
         let limits = self.limits;
         let Some(b) = self.batch.as_mut() else {
             return Err(SyncError::fatal(
+                FatalKind::Bug,
                 "a change arrived outside a batch",
                 "this is a bug: report it with the log",
             ));
@@ -392,6 +393,7 @@ impl Writer {
     async fn ensure_open(&mut self) -> Result<(), SyncError> {
         let Some(b) = self.batch.as_mut() else {
             return Err(SyncError::fatal(
+                FatalKind::Bug,
                 "a write outside a batch",
                 "this is a bug: report it with the log",
             ));
@@ -492,6 +494,7 @@ impl Writer {
             // second consumer writes this slot's progress row.
             if n != 1 {
                 return Err(SyncError::fatal(
+                    FatalKind::ProgressConflict,
                     format!("calendar_sync_progress for slot {} is already past {end_lsn}: refusing to move it backwards", self.slot),
                     "another consumer writes progress under the same slot name into this target (two source databases sharing a target and a slot name?): give each its own CALENDAR_SYNC_SLOT",
                 ));

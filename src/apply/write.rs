@@ -11,7 +11,7 @@ use super::columns::EventArrays;
 use super::event::event_from_row;
 use super::plan::{self, FailureRow, Known, LogRow, Plan, Planned, RowChange};
 use super::{db, Batch, Writer};
-use crate::error::{classify_pg, describe_pg, ErrorClass, SyncError};
+use crate::error::{classify_pg, describe_pg, ErrorClass, FatalKind, SyncError};
 use crate::lsn::Lsn;
 use crate::mapping::Action;
 use crate::mapping::Outcome;
@@ -132,6 +132,7 @@ impl Writer {
             let raw: &str = r.try_get(0).map_err(db("reading a name"))?;
             let Some(party) = Party::parse(raw) else {
                 return Err(SyncError::fatal(
+                    FatalKind::SchemaMissing,
                     format!("calendar_sync_party_names holds a row with party {raw:?}, expected 'customer' or 'contact'"),
                     "something other than calendar-sync wrote calendar_sync_party_names: delete that row (calendar-sync refreshes names from the stream and the snapshot)",
                 ));

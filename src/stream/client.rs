@@ -5,7 +5,7 @@
 
 use crate::config::Config;
 use crate::db::{self};
-use crate::error::SyncError;
+use crate::error::{FatalKind, SyncError};
 use crate::lsn::Lsn;
 use crate::tls::TlsSettings;
 use pgwire_replication::ReplicationConfig;
@@ -89,6 +89,7 @@ pub async fn stored_progress(target: &Client, slot: &str) -> Result<Option<Lsn>,
 pub fn replication_config(cfg: &Config) -> Result<ReplicationConfig, SyncError> {
     let bad = |e: &dyn std::fmt::Display| {
         SyncError::fatal(
+            FatalKind::Config,
             format!("DATABASE_URL: {e}"),
             "expected postgres://user:password@host:port/dbname",
         )
@@ -360,6 +361,7 @@ pub async fn drop_unfinished_slot(source: &Client, slot: &str) -> Result<(), Syn
 pub fn check_owned(slot_name: &str, slot: Option<&SlotInfo>) -> Result<(), SyncError> {
     if let Some(s) = slot.filter(|s| !s.this_database) {
         return Err(SyncError::fatal(
+            FatalKind::OwnershipConflict,
             format!(
                 "replication slot {slot_name} belongs to database {:?}, not to the one in DATABASE_URL",
                 s.database
@@ -369,6 +371,7 @@ pub fn check_owned(slot_name: &str, slot: Option<&SlotInfo>) -> Result<(), SyncE
     }
     if let Some(s) = slot.filter(|s| s.plugin.as_deref() != Some("pgoutput")) {
         return Err(SyncError::fatal(
+            FatalKind::OwnershipConflict,
             format!(
                 "replication slot {slot_name} uses plugin {:?}, not pgoutput",
                 s.plugin
@@ -400,11 +403,13 @@ impl StartPlan {
         check_owned(slot_name, slot)?;
         match (stored, slot) {
         (Some(_), Some(s)) if s.wal_status.as_deref() == Some("lost") => Err(SyncError::fatal(
+            FatalKind::SlotGone,
             format!("replication slot {slot_name} was invalidated (wal_status = lost): the WAL it needed is gone"),
             format!("raise max_slot_wal_keep_size; then run `calendar-sync run --resync` once: it drops the slot, takes a new snapshot and removes events of interactions deleted meanwhile (by hand: `delete from calendar_sync_progress where slot_name = '{slot_name}'`, drop the slot, and start again)"),
         )),
         (Some(progress), Some(_)) => Ok(StartPlan::Resume { progress }),
         (Some(_), None) => Err(SyncError::fatal(
+            FatalKind::SlotGone,
             format!("replication slot {slot_name} does not exist, but calendar_sync_progress says it was streaming: changes made while it was gone cannot be replayed"),
             format!("to start over, run `calendar-sync run --resync` once: it takes a new snapshot (re-syncing every interaction) and then removes events of interactions deleted meanwhile (by hand: `delete from calendar_sync_progress where slot_name = '{slot_name}'` in the target, run again, then `calendar-sync reconcile`)"),
         )),
@@ -490,15 +495,17 @@ mod tests {
             plugin: Some("wal2json".into()),
             ..slot()
         };
-        let fatal = |r: Result<StartPlan, SyncError>| r.is_err_and(|e| !e.is_transient());
-        assert!(fatal(StartPlan::decide("s", Some(Lsn(1)), Some(&lost))));
-        assert!(fatal(StartPlan::decide("s", Some(Lsn(1)), None)));
-        assert!(fatal(StartPlan::decide("s", None, Some(&other_db))));
-        assert!(fatal(StartPlan::decide(
-            "s",
-            Some(Lsn(1)),
-            Some(&other_plugin)
-        )));
-        assert!(StartPlan::decide("s", None, Some(&active)).is_err_and(|e| e.is_transient()));
+        let kind = |r: Result<StartPlan, SyncError>| r.err().and_then(|e| e.kind());
+        let gone = Some(FatalKind::SlotGone);
+        let not_ours = Some(FatalKind::OwnershipConflict);
+        let decide = StartPlan::decide;
+        assert_eq!(kind(decide("s", Some(Lsn(1)), Some(&lost))), gone);
+        assert_eq!(kind(decide("s", Some(Lsn(1)), None)), gone);
+        assert_eq!(kind(decide("s", None, Some(&other_db))), not_ours);
+        assert_eq!(
+            kind(decide("s", Some(Lsn(1)), Some(&other_plugin))),
+            not_ours
+        );
+        assert!(decide("s", None, Some(&active)).is_err_and(|e| e.is_transient()));
     }
 }

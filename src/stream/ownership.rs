@@ -15,7 +15,7 @@ use tokio_postgres::Client;
 use uuid::Uuid;
 
 use super::client::SlotInfo;
-use crate::error::SyncError;
+use crate::error::{FatalKind, SyncError};
 use crate::lsn::Lsn;
 
 /// This deployment: its target's id and, for people, where that target is.
@@ -66,6 +66,7 @@ pub async fn me(target: &Client) -> Result<Me, SyncError> {
         .map_err(db("reading calendar_sync_target_id"))?;
     let Some(target_id) = target_id else {
         return Err(SyncError::fatal(
+            FatalKind::SchemaMissing,
             "calendar_sync_target_id is empty: this target has no identity to claim a slot with",
             "run `calendar-sync migrate` (it creates it); do not delete the row",
         ));
@@ -155,6 +156,7 @@ impl Ownership {
         match (claim, slot, stored) {
         (Some(c), _, _) if c.target_id == me.target_id => Ok(Ownership::Ours),
         (Some(c), _, _) => Err(SyncError::fatal(
+            FatalKind::OwnershipConflict,
             format!(
                 "replication slot {slot_name} belongs to another calendar-sync: it was claimed at {} by the deployment whose target is {} (target id {}, consistent point {}); this one writes to {} (target id {}){}. Nothing was changed",
                 c.claimed_at,
@@ -176,6 +178,7 @@ impl Ownership {
         (None, None, _) => Ok(Ownership::Claim),
         (None, Some(_), Some(_)) => Ok(Ownership::Claim),
         (None, Some(s), None) => Err(SyncError::fatal(
+            FatalKind::OwnershipConflict,
             format!(
                 "replication slot {slot_name} exists{}, but no calendar-sync has claimed it and this target ({}) has no progress for it: it may be another tool's, or another deployment's from before slots had owners. Nothing was changed",
                 s.confirmed_flush.map_or_else(String::new, |l| format!(" (at {l})")),
@@ -242,7 +245,7 @@ mod tests {
         ] {
             assert!(text.contains(fact), "{fact} in {text}");
         }
-        assert!(!e.is_transient());
+        assert_eq!(e.kind(), Some(FatalKind::OwnershipConflict));
     }
 
     #[test]
@@ -257,6 +260,7 @@ mod tests {
             "a slot this target streamed before slots had owners"
         );
         let e = Ownership::decide("s", &me(), None, None, Some(&slot())).unwrap_err();
+        assert_eq!(e.kind(), Some(FatalKind::OwnershipConflict), "{e}");
         assert!(
             e.to_string().contains("no calendar-sync has claimed it"),
             "{e}"

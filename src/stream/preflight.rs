@@ -5,7 +5,7 @@
 use crate::changes::{TableId, TrackedTables};
 use crate::config::Config;
 use crate::db::quote_ident;
-use crate::error::SyncError;
+use crate::error::{FatalKind, SyncError};
 use crate::mapping::interaction::MAPPED_COLUMNS;
 use tokio_postgres::Client;
 
@@ -21,12 +21,14 @@ pub async fn preflight(source: &Client, cfg: &Config) -> Result<TrackedTables, S
         .get(0);
     if version < 140000 {
         return Err(SyncError::fatal(
+            FatalKind::Config,
             format!("PostgreSQL {} is too old: pgoutput accepts logical messages (echo suppression) from 14 on", version / 10000),
             "upgrade the source to PostgreSQL 14 or newer (15+ for publication column lists)",
         ));
     }
     if cfg.slot_failover && version < 170000 {
         return Err(SyncError::fatal(
+            FatalKind::Config,
             format!(
                 "CALENDAR_SYNC_SLOT_FAILOVER=true, but the source runs PostgreSQL {}: failover slots need 17 or newer",
                 version / 10000
@@ -41,6 +43,7 @@ pub async fn preflight(source: &Client, cfg: &Config) -> Result<TrackedTables, S
         .get(0);
     if wal_level != "logical" {
         return Err(SyncError::fatal(
+            FatalKind::Config,
             format!("wal_level is {wal_level}, logical replication needs logical"),
             "set wal_level = logical and restart PostgreSQL (on RDS: parameter rds.logical_replication = 1, then reboot)",
         ));
@@ -58,6 +61,7 @@ pub async fn preflight(source: &Client, cfg: &Config) -> Result<TrackedTables, S
         .get(0);
     if !may_replicate {
         return Err(SyncError::fatal(
+            FatalKind::Permission,
             "the database role has no replication rights",
             "ALTER ROLE <role> REPLICATION (on RDS: GRANT rds_replication TO <role>)",
         ));
@@ -141,6 +145,7 @@ async fn check_identity_key(source: &Client, table: &str, id: &str) -> Result<()
         )
     };
     Err(SyncError::fatal(
+        FatalKind::SchemaChanged,
         format!(
             "the replica identity of {table} is {identity} ({}), which does not hold {id}: PostgreSQL logs a DELETE of {table} (and an UPDATE of those columns) with only these columns as its old key, from which calendar-sync cannot tell which row it was",
             key.join(", ")
@@ -241,6 +246,7 @@ pub async fn check_publication(
     let exists: bool = row.get(0);
     if !exists {
         return Err(SyncError::fatal(
+            FatalKind::PublicationMissing,
             format!("publication {} does not exist", cfg.publication),
             "run `calendar-sync migrate` (it creates the publication), or set CALENDAR_SYNC_PUBLICATION",
         ));
@@ -249,6 +255,7 @@ pub async fn check_publication(
     for (i, (ours, (table, consequence))) in tracked.iter().zip(names).enumerate() {
         if !published.contains(&ours.oid) {
             return Err(SyncError::fatal(
+                FatalKind::PublicationMissing,
                 format!(
                     "publication {} does not publish {table} ({ours}): {consequence}",
                     cfg.publication
@@ -262,6 +269,7 @@ pub async fn check_publication(
         let now: Option<u32> = row.get(i + 2);
         if let Some(now) = now.filter(|now| *now != ours.oid) {
             return Err(SyncError::fatal(
+                FatalKind::SchemaChanged,
                 format!(
                     "{table} now names another table (relation id {now}) than the one calendar-sync follows ({ours}): it was dropped and re-created, or swapped for another"
                 ),

@@ -42,7 +42,7 @@ use crate::apply::{BatchKind, Committed, Writer};
 use crate::changes::{RelationCache, StreamError};
 use crate::config::Config;
 use crate::echo::{self, EchoKey};
-use crate::error::SyncError;
+use crate::error::{FatalKind, SyncError};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::pgoutput::{self, Message};
@@ -104,18 +104,21 @@ pub(super) struct Streamer<'a> {
 fn fatal_schema(e: &StreamError, slot: &str) -> SyncError {
     match e {
         StreamError::Replaced { name, .. } => SyncError::fatal(
+            FatalKind::SchemaChanged,
             format!("replication stream: {e}"),
             format!(
                 "nothing of this transaction was applied; calendar-sync follows a table by identity and will not guess which of the two holds the data: make sure the table now named {name} is in the publication, then drop the slot (select pg_drop_replication_slot('{slot}')) and `delete from calendar_sync_progress where slot_name = '{slot}'` in the target, and start again to take a new snapshot"
             ),
         ),
         StreamError::Schema(_) => SyncError::fatal(
+            FatalKind::SchemaChanged,
             format!("replication stream: {e}"),
             format!(
                 "nothing of this transaction was applied and progress did not move, but it will arrive in this shape on every replay: restore the column, then drop the slot (select pg_drop_replication_slot('{slot}')) and `delete from calendar_sync_progress where slot_name = '{slot}'` in the target, and start again to take a new snapshot"
             ),
         ),
         StreamError::NoKey { table, column } => SyncError::fatal(
+            FatalKind::SchemaChanged,
             format!("replication stream: {e}"),
             format!(
                 "nothing of this transaction was applied, but the change stays in the WAL without {column} and arrives so on every replay: make the replica identity of {table} hold {column} again (ALTER TABLE {table} REPLICA IDENTITY DEFAULT, with the primary key on {column}), then drop the slot (select pg_drop_replication_slot('{slot}')) and run `calendar-sync run --resync` once: it takes a new snapshot, then removes the events of interactions deleted meanwhile"
@@ -127,6 +130,7 @@ fn fatal_schema(e: &StreamError, slot: &str) -> SyncError {
 
 fn fatal_stream(e: &dyn std::fmt::Display) -> SyncError {
     SyncError::fatal(
+        FatalKind::MalformedStream,
         format!("replication stream: {e}"),
         "nothing of this transaction was applied and progress did not move; if a table changed shape, restore the column (or adapt the mapping) and start again: the transaction is replayed",
     )

@@ -19,7 +19,7 @@ use super::client::{replication_config, slot_lock_held};
 use crate::apply::{BatchKind, RowChange, Writer};
 use crate::config::Config;
 use crate::db::{self, quote_literal};
-use crate::error::SyncError;
+use crate::error::{FatalKind, SyncError};
 use crate::lsn::Lsn;
 use crate::mapping::InteractionRow;
 use crate::participants::Party;
@@ -146,6 +146,7 @@ async fn slot_and_snapshot(
             .map(|b| String::from_utf8_lossy(b).into_owned())
             .ok_or_else(|| {
                 SyncError::fatal(
+                    FatalKind::MalformedStream,
                     "CREATE_REPLICATION_SLOT returned no consistent point or snapshot",
                     "see the server log",
                 )
@@ -153,6 +154,7 @@ async fn slot_and_snapshot(
     };
     let consistent_point: Lsn = text(1)?.parse().map_err(|e| {
         SyncError::fatal(
+            FatalKind::MalformedStream,
             format!("CREATE_REPLICATION_SLOT: {e}"),
             "see the server log",
         )
@@ -232,6 +234,7 @@ async fn copy_snapshot(
         for row in &rows {
             let id = row.try_get("interaction_id").map_err(|e| {
                 SyncError::fatal(
+                    FatalKind::SchemaChanged,
                     format!("snapshot: interaction_id: {e}"),
                     "interaction_id must be a uuid",
                 )
@@ -302,6 +305,7 @@ async fn copy_party_names(
             for r in &rows {
                 let id: uuid::Uuid = r.try_get(0).map_err(|e| {
                     SyncError::fatal(
+                        FatalKind::SchemaChanged,
                         format!("{} ids must be uuids: {e}", party.as_str()),
                         "check CALENDAR_SYNC_CUSTOMER_ID_COLUMN / CALENDAR_SYNC_CONTACT_ID_COLUMN",
                     )

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use calendar_sync::config::{Config, SecretUrl};
 use calendar_sync::demo::CRM_SCHEMA;
+pub use calendar_sync::error::FatalKind;
 use calendar_sync::error::SyncError;
 use calendar_sync::metrics::{Metrics, RECONNECTS_TOTAL};
 use calendar_sync::pgcluster::LocalCluster;
@@ -364,9 +365,9 @@ pub fn reconnects(m: &Metrics) -> u64 {
     metric(m, RECONNECTS_TOTAL) as u64
 }
 
-/// Waits (bounded) for the in-process consumer to end and returns its fatal
-/// error: message and hint.
-pub async fn fatal_of(run: &mut Running, within: Duration) -> (String, String) {
+/// Waits (bounded) for the in-process consumer to end with a fatal error of
+/// `kind` and returns its message and hint.
+pub async fn fatal_of(run: &mut Running, kind: FatalKind, within: Duration) -> (String, String) {
     let result = match tokio::time::timeout(within, &mut run.handle).await {
         Ok(joined) => joined.expect("the consumer task did not panic"),
         Err(_) => {
@@ -378,7 +379,14 @@ pub async fn fatal_of(run: &mut Running, within: Duration) -> (String, String) {
         }
     };
     match result {
-        Err(SyncError::Fatal { message, hint }) => (message, hint),
+        Err(SyncError::Fatal {
+            kind: k,
+            message,
+            hint,
+        }) => {
+            assert_eq!(k, kind, "{message}\n  hint: {hint}");
+            (message, hint)
+        }
         other => panic!("expected a fatal error, got {other:?}"),
     }
 }
