@@ -122,7 +122,7 @@ impl Report {
                 outcome(&c.recv),
                 outcome(&c.set_based),
                 outcome(&c.sync),
-                ratio.map(|r| format!("{r:.1}x SQL")).unwrap_or_default(),
+                ratio.map(|r| format!("{r:.2}x SQL")).unwrap_or_default(),
                 format!("≤ {MAX_RATIO}x SQL"),
                 met(ratio.map(|r| r <= MAX_RATIO)),
             ],
@@ -235,7 +235,12 @@ impl Report {
              ran (own spill = pg_recvlogical's); under 1 MiB counts as no spill. \
              calendar-sync times run from process start (connect, slot, decode, apply, confirm) \
              until its slot's confirmed_flush_lsn passes the last source commit (1, 2) or the \
-             snapshot's progress row commits (3); defaults: window 30 days, UTC, stamping on."
+             snapshot's progress row commits (3); defaults: window 30 days, UTC, stamping on. \
+             Scenario 3 snapshots all `size` rows. Server CPU: utime + stime (/proc/<pid>/stat) \
+             of the server processes of calendar-sync's sessions (backends and walsender, \
+             sampled every 50 ms until the end of the measurement; the stamp session's stamps \
+             after that point are not counted), of the set-based statement's backend, and of \
+             pg_recvlogical's walsender; process CPU: calendar-sync's own utime + stime."
         );
         for n in &notes {
             let _ = writeln!(out, "- {n}");

@@ -43,7 +43,7 @@ fn snapshot_time_rows(s: &Snapshot) -> Vec<Row> {
             "—".into(),
             outcome(&s.set_based),
             outcome(&s.sync),
-            ratio.map(|r| format!("{r:.1}x SQL")).unwrap_or_default(),
+            ratio.map(|r| format!("{r:.2}x SQL")).unwrap_or_default(),
             format!("≤ {MAX_RATIO}x SQL"),
             met(ratio.map(|r| r <= MAX_RATIO)),
         ],
@@ -193,7 +193,7 @@ pub fn cpu_rows(
                 )
             })
             .unwrap_or_else(|| "?".into()),
-            ratio.map(|r| format!("{r:.1}x SQL")).unwrap_or_default(),
+            ratio.map(|r| format!("{r:.2}x SQL")).unwrap_or_default(),
             format!("≤ {MAX_CPU_RATIO}x SQL"),
             met(ratio.map(|r| r <= MAX_CPU_RATIO)),
         ],
