@@ -24,8 +24,21 @@
 //! 4. **Steady state**: single-row transactions at 300/s; latency from the
 //!    writer's commit returning to the event row being visible.
 //! 5. **The CRM writer's throughput**: two connections committing single-row
-//!    transactions as fast as they can, with nothing consuming, and with
-//!    calendar-sync streaming (stamping `calendar_synced_at` on and off).
+//!    transactions as fast as they can, with nothing consuming, with
+//!    `pg_recvlogical` draining a pgoutput slot (decoding alone: the
+//!    reference), and with calendar-sync streaming (stamping
+//!    `calendar_synced_at` on and off); three interleaved rounds, medians.
+//!
+//! Scenarios 1-3 also report **CPU**: the server processes serving
+//! calendar-sync's sessions (backends and walsender, found in
+//! `pg_stat_activity` by `application_name`, `/proc/<pid>/stat` utime +
+//! stime sampled every 50 ms) against the set-based statement's backend and
+//! pg_recvlogical's walsender, and calendar-sync's own process CPU per row.
+//!
+//! `--fsync on|off` (default on, as on RDS): on adds `fsync = on`,
+//! `full_page_writes = on` and `shared_buffers = 256MB` to the cluster
+//! (issue 16's measurements: PostgreSQL 15, fsync on, 256 MB); off keeps
+//! `LocalCluster`'s `fsync = off`, `full_page_writes = off`, 64 MB.
 //!
 //! The goals are printed next to the numbers; nothing asserts a time.
 //!
@@ -33,6 +46,8 @@
 //! cargo bench --bench pipeline                      # 1,000,000 row changes
 //! cargo bench --bench pipeline -- --quick           # 100,000
 //! cargo bench --bench pipeline -- --size 20000 --only 1,4 --timeout 300
+//! cargo bench --bench pipeline -- --size 200k --only 1,2,3,5   # issue 16's table
+//! cargo bench --bench pipeline -- --quick --fsync off   # LocalCluster's settings
 //! cargo bench --bench pipeline -- --quick --only 1,2,3 --no-stamp   # the stamp's share
 //! cargo bench --bench pipeline -- --quick --only 1 --statements     # server time per statement
 //! ```
@@ -40,11 +55,15 @@
 //! `--timeout SECS` (default 900) bounds each consumer measurement: a run
 //! that does not finish prints "timed out after X" with how far it got.
 
+mod cpu;
 mod process;
 mod report;
+mod rows;
 mod scenario;
 mod setup;
+mod table;
 mod workload;
+mod writer;
 
 use std::time::Duration;
 
@@ -67,6 +86,10 @@ pub struct Args {
     /// Print the statements that took the most server time in each
     /// calendar-sync run (`pg_stat_statements`).
     pub statements: bool,
+    /// `--fsync on|off`: the cluster flushes (on, the default, as on RDS:
+    /// with `full_page_writes = on` and `shared_buffers = 256MB`) or not
+    /// (`LocalCluster`'s own settings).
+    pub fsync: bool,
 }
 
 const DEFAULT_SIZE: u64 = 1_000_000;
@@ -80,18 +103,34 @@ impl Args {
         let mut only = vec![1, 2, 3, 4, 5, 6];
         let mut stamp = true;
         let mut statements = false;
+        let mut fsync = true;
         let mut args = args.peekable();
         let number = |flag: &str, v: Option<String>| -> Result<u64, String> {
             let v = v.ok_or_else(|| format!("{flag} needs a number"))?;
-            v.replace(['_', ','], "")
-                .parse()
-                .map_err(|_| format!("{flag} expects a whole number, got {v:?}"))
+            let digits = v.replace(['_', ','], "").to_ascii_lowercase();
+            let (digits, times) = match digits.strip_suffix('k') {
+                Some(d) => (d.to_string(), 1_000),
+                None => match digits.strip_suffix('m') {
+                    Some(d) => (d.to_string(), 1_000_000),
+                    None => (digits, 1),
+                },
+            };
+            digits.parse::<u64>().map(|n| n * times).map_err(|_| {
+                format!("{flag} expects a whole number such as 200000 or 200k, got {v:?}")
+            })
         };
         while let Some(a) = args.next() {
             match a.as_str() {
                 "--quick" => quick = true,
                 "--no-stamp" => stamp = false,
                 "--statements" => statements = true,
+                "--fsync" => {
+                    fsync = match args.next().as_deref() {
+                        Some("on") => true,
+                        Some("off") => false,
+                        other => return Err(format!("--fsync expects on or off, got {other:?}")),
+                    }
+                }
                 "--size" => size = Some(number("--size", args.next())?.max(10)),
                 "--timeout" => timeout = Duration::from_secs(number("--timeout", args.next())?),
                 "--only" => {
@@ -115,6 +154,7 @@ impl Args {
             writer: Duration::from_secs(if quick { 5 } else { 10 }),
             stamp,
             statements,
+            fsync,
         })
     }
 }

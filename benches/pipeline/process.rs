@@ -104,6 +104,11 @@ impl CalendarSync {
             .ok()
     }
 
+    /// utime + stime of the process so far.
+    pub fn cpu(&self) -> Option<Duration> {
+        crate::cpu::proc_cpu(self.pid)
+    }
+
     /// Peak resident set size so far (VmHWM), KiB.
     pub fn hwm_kib(&self) -> Option<u64> {
         self.status_kib("VmHWM:")

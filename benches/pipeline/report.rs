@@ -3,13 +3,20 @@
 //! details behind each number.
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use crate::process::Outcome;
-use crate::scenario::{CatchUp, Snapshot, Steady, Writer};
+use crate::rows::{
+    cpu_rows, snapshot_rows, steady_rows, writer_rows, MAX_RATIO, MAX_RSS_MIB, MIN_ROWS_PER_SEC,
+};
+use crate::scenario::{CatchUp, Snapshot, Steady};
 use crate::setup::{load_average, Machine};
-use crate::workload::{Backlog, Spill};
+use crate::table::{markdown_table, met, mib, outcome, rate, row, spill, text_table, thousands};
+use crate::table::{Row, NO_SPILL};
+use crate::workload::Backlog;
+use crate::writer::Writer;
 use crate::Args;
+
+pub use crate::table::secs;
 
 pub type Scenario<T> = Option<Result<T, String>>;
 
@@ -22,105 +29,6 @@ pub struct Report {
     pub snapshot: Scenario<Snapshot>,
     pub steady: Scenario<Steady>,
     pub writer: Scenario<Writer>,
-}
-
-const HEAD: [&str; 8] = [
-    "scenario",
-    "measure",
-    "pg_recvlogical",
-    "set-based SQL",
-    "calendar-sync",
-    "ratio",
-    "goal",
-    "met",
-];
-
-/// Catch-up and snapshot goals (issue 7).
-const MAX_RATIO: f64 = 1.5;
-const MIN_ROWS_PER_SEC: f64 = 20_000.0;
-const MAX_RSS_MIB: f64 = 100.0;
-const MAX_P99_MS: f64 = 100.0;
-const MIN_WRITER_SHARE: f64 = 0.90;
-
-pub fn secs(d: Duration) -> String {
-    let s = d.as_secs_f64();
-    if s >= 100.0 {
-        format!("{s:.0} s")
-    } else if s >= 10.0 {
-        format!("{s:.1} s")
-    } else {
-        format!("{s:.2} s")
-    }
-}
-
-fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
-}
-
-fn mib(bytes: u64) -> String {
-    if bytes < 1024 * 1024 {
-        format!("{:.1} KiB", bytes as f64 / 1024.0)
-    } else {
-        format!("{:.1} MiB", bytes as f64 / 1024.0 / 1024.0)
-    }
-}
-
-/// Below this, `pg_replslot/` holds only the slots' `state` files: nothing spilled.
-const NO_SPILL: u64 = 1024 * 1024;
-
-fn ms(d: Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1000.0)
-}
-
-fn outcome(o: &Outcome) -> String {
-    match o {
-        Outcome::Done(d) => secs(*d),
-        Outcome::TimedOut { after, .. } => format!("timed out after {}", secs(*after)),
-        Outcome::Failed(_) => "failed (see notes)".into(),
-    }
-}
-
-fn rate(rows: u64, o: &Outcome) -> String {
-    o.time()
-        .map(|d| {
-            format!(
-                "{} rows/s",
-                thousands((rows as f64 / d.as_secs_f64()) as u64)
-            )
-        })
-        .unwrap_or_default()
-}
-
-fn met(ok: Option<bool>) -> String {
-    match ok {
-        Some(true) => "yes".into(),
-        Some(false) => "no".into(),
-        None => "?".into(),
-    }
-}
-
-fn spill(s: &Spill) -> String {
-    format!(
-        "{} txns spilled {} times, {} (of {} txns)",
-        thousands(s.txns.max(0) as u64),
-        thousands(s.count.max(0) as u64),
-        mib(s.bytes.max(0) as u64),
-        thousands(s.total_txns.max(0) as u64)
-    )
-}
-
-type Row = [String; 8];
-
-fn row(cells: [&str; 8]) -> Row {
-    cells.map(str::to_string)
 }
 
 impl Report {
@@ -207,14 +115,14 @@ impl Report {
                     .unwrap_or_else(|| "?".into())
             ),
         };
-        vec![
+        let mut rows = vec![
             [
                 title,
                 "time".into(),
                 outcome(&c.recv),
                 outcome(&c.set_based),
                 outcome(&c.sync),
-                ratio.map(|r| format!("{r:.1}x SQL")).unwrap_or_default(),
+                ratio.map(|r| format!("{r:.2}x SQL")).unwrap_or_default(),
                 format!("≤ {MAX_RATIO}x SQL"),
                 met(ratio.map(|r| r <= MAX_RATIO)),
             ],
@@ -284,7 +192,15 @@ impl Report {
                 String::new(),
                 String::new(),
             ],
-        ]
+        ];
+        rows.extend(cpu_rows(
+            rows_n,
+            Some(c.recv_cpu),
+            c.set_based_cpu,
+            c.sync_cpu,
+            c.sync_own_cpu,
+        ));
+        rows
     }
 
     pub fn render(&self) -> String {
@@ -307,8 +223,9 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "\n# calendar-sync pipeline bench: size {} row changes\n",
-            thousands(self.args.size)
+            "\n# calendar-sync pipeline bench: size {} row changes, fsync {}\n",
+            thousands(self.args.size),
+            if self.args.fsync { "on" } else { "off" }
         );
         out.push_str(&text_table(&rows));
         let _ = writeln!(out, "\nmachine: {machine}");
@@ -318,7 +235,12 @@ impl Report {
              ran (own spill = pg_recvlogical's); under 1 MiB counts as no spill. \
              calendar-sync times run from process start (connect, slot, decode, apply, confirm) \
              until its slot's confirmed_flush_lsn passes the last source commit (1, 2) or the \
-             snapshot's progress row commits (3); defaults: window 30 days, UTC, stamping on."
+             snapshot's progress row commits (3); defaults: window 30 days, UTC, stamping on. \
+             Scenario 3 snapshots all `size` rows. Server CPU: utime + stime (/proc/<pid>/stat) \
+             of the server processes of calendar-sync's sessions (backends and walsender, \
+             sampled every 50 ms until the end of the measurement; the stamp session's stamps \
+             after that point are not counted), of the set-based statement's backend, and of \
+             pg_recvlogical's walsender; process CPU: calendar-sync's own utime + stime."
         );
         for n in &notes {
             let _ = writeln!(out, "- {n}");
@@ -401,151 +323,30 @@ impl Report {
             ));
         }
         if let Some(Ok(w)) = &self.writer {
+            let rounds: Vec<String> = w
+                .rounds
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} / {} / {} / {}",
+                        thousands(r[0] as u64),
+                        thousands(r[1] as u64),
+                        thousands(r[2] as u64),
+                        thousands(r[3] as u64)
+                    )
+                })
+                .collect();
             notes.push(format!(
-                "5: 2 connections, {:.0} s each variant, each on a fresh database; calendar-sync's \
-                 lag at the end: stamping on {}, off {}",
+                "5: 2 connections committing single-row inserts, {:.0} s each variant, each on a \
+                 fresh database, {} interleaved rounds, medians shown; txn/s per round (nothing / \
+                 pg_recvlogical / stamping on / off): {}; calendar-sync's lag at the end of the \
+                 last round: stamping on {}, off {}",
                 w.secs,
+                w.rounds.len(),
+                rounds.join("; "),
                 mib(w.stamping_on.1.max(0) as u64),
                 mib(w.stamping_off.1.max(0) as u64)
             ));
         }
     }
-}
-
-fn snapshot_rows(s: &Snapshot) -> Vec<Row> {
-    let ratio = match (s.sync.time(), s.set_based.time()) {
-        (Some(a), Some(b)) => Some(a.as_secs_f64() / b.as_secs_f64()),
-        _ => None,
-    };
-    let per_sec = s.sync.time().map(|d| s.rows as f64 / d.as_secs_f64());
-    vec![
-        [
-            format!("3. snapshot of {} rows", thousands(s.rows)),
-            "time".into(),
-            "—".into(),
-            outcome(&s.set_based),
-            outcome(&s.sync),
-            ratio.map(|r| format!("{r:.1}x SQL")).unwrap_or_default(),
-            format!("≤ {MAX_RATIO}x SQL"),
-            met(ratio.map(|r| r <= MAX_RATIO)),
-        ],
-        [
-            String::new(),
-            "rows/s".into(),
-            String::new(),
-            rate(s.rows, &s.set_based),
-            rate(s.rows, &s.sync),
-            String::new(),
-            format!("≥ {} rows/s", thousands(MIN_ROWS_PER_SEC as u64)),
-            met(per_sec.map(|r| r >= MIN_ROWS_PER_SEC)),
-        ],
-        [
-            String::new(),
-            "peak RSS (VmHWM)".into(),
-            String::new(),
-            String::new(),
-            s.sync_hwm_kib
-                .map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
-                .unwrap_or_else(|| "?".into()),
-            String::new(),
-            String::new(),
-            String::new(),
-        ],
-    ]
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> Option<Duration> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let i = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
-    Some(sorted[i])
-}
-
-fn steady_rows(s: &Steady) -> Vec<Row> {
-    let (p50, p99, max) = (
-        percentile(&s.latencies, 0.50),
-        percentile(&s.latencies, 0.99),
-        s.latencies.last().copied(),
-    );
-    let lat = match (p50, p99, max) {
-        (Some(a), Some(b), Some(c)) => format!("{} / {} / {} ms", ms(a), ms(b), ms(c)),
-        _ => "no event seen".into(),
-    };
-    let ok = p99.map(|p| p.as_secs_f64() * 1000.0 < MAX_P99_MS && s.unseen == 0);
-    let mut cell = lat;
-    if s.unseen > 0 {
-        cell.push_str(&format!(", {} never seen", thousands(s.unseen as u64)));
-    }
-    vec![row([
-        &format!("4. steady, {:.0} txn/s", s.rate),
-        "latency p50 / p99 / max",
-        "—",
-        "—",
-        &cell,
-        "",
-        &format!("p99 < {MAX_P99_MS} ms"),
-        &met(ok),
-    ])]
-}
-
-fn writer_rows(w: &Writer) -> Vec<Row> {
-    let mut rows = Vec::new();
-    for (i, (label, (rate, _lag))) in [
-        ("stamping on", w.stamping_on),
-        ("stamping off", w.stamping_off),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let share = if w.none > 0.0 { rate / w.none } else { 0.0 };
-        rows.push([
-            if i == 0 {
-                "5. CRM writer, 2 conns".into()
-            } else {
-                String::new()
-            },
-            format!("txn/s, {label}"),
-            "—".into(),
-            format!("{} (nothing consuming)", thousands(w.none as u64)),
-            thousands(rate as u64),
-            format!("{:.0} %", share * 100.0),
-            format!("≥ {:.0} %", MIN_WRITER_SHARE * 100.0),
-            met(Some(share >= MIN_WRITER_SHARE)),
-        ]);
-    }
-    rows
-}
-
-fn text_table(rows: &[Row]) -> String {
-    let mut widths = HEAD.map(|h| h.chars().count());
-    for r in rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cells: &[String]| {
-        let mut s = String::new();
-        for (c, w) in cells.iter().zip(widths) {
-            let pad = w - c.chars().count();
-            s.push_str(c);
-            s.push_str(&" ".repeat(pad + 2));
-        }
-        s.trim_end().to_string() + "\n"
-    };
-    let mut out = line(&HEAD.map(str::to_string));
-    out.push_str(&line(&widths.map(|w| "-".repeat(w))));
-    for r in rows {
-        out.push_str(&line(r));
-    }
-    out
-}
-
-fn markdown_table(rows: &[Row]) -> String {
-    let mut out = format!("| {} |\n", HEAD.join(" | "));
-    out.push_str(&format!("|{}\n", "---|".repeat(HEAD.len())));
-    for r in rows {
-        out.push_str(&format!("| {} |\n", r.join(" | ")));
-    }
-    out
 }

@@ -9,10 +9,12 @@ use calendar_sync::metrics::TRANSACTIONS_TOTAL;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
+use crate::cpu::{Sampler, ServerCpu};
 use crate::process::{metric_sum, CalendarSync, Outcome, Peaks};
 use crate::report::{self, Report};
 use crate::setup::{self, connect, Bench, Db};
 use crate::workload::{self, Backlog, Spill};
+use crate::writer;
 use crate::Args;
 
 /// Not yet exported by `calendar_sync::metrics`; read when present.
@@ -28,7 +30,11 @@ pub struct CatchUp {
     /// transactions' own spill.
     pub recv_replslot: u64,
     pub recv_spill: Spill,
+    /// pg_recvlogical's walsender.
+    pub recv_cpu: Option<ServerCpu>,
     pub set_based: Outcome,
+    /// The set-based statement's backend.
+    pub set_based_cpu: Option<Duration>,
     /// Until the slot's confirmed_flush_lsn passed the last backlog commit.
     pub sync: Outcome,
     /// Until calendar_sync_progress passed it (committed, not yet confirmed).
@@ -36,6 +42,9 @@ pub struct CatchUp {
     pub sync_peaks: Peaks,
     pub sync_hwm_kib: Option<u64>,
     pub sync_spill: Spill,
+    pub sync_cpu: Option<ServerCpu>,
+    /// calendar-sync's own process, until the end of the measurement.
+    pub sync_own_cpu: Option<Duration>,
     /// Transaction ids assigned while calendar-sync caught up.
     pub xids: i64,
     pub savepoints: Option<f64>,
@@ -47,7 +56,10 @@ pub struct CatchUp {
 pub struct Snapshot {
     pub rows: u64,
     pub set_based: Outcome,
+    pub set_based_cpu: Option<Duration>,
     pub sync: Outcome,
+    pub sync_cpu: Option<ServerCpu>,
+    pub sync_own_cpu: Option<Duration>,
     pub sync_hwm_kib: Option<u64>,
     pub events: i64,
 }
@@ -63,17 +75,9 @@ pub struct Steady {
     pub unseen: usize,
 }
 
-/// Scenario 5: txn/s of the writer, and calendar-sync's lag (bytes) at the end.
-pub struct Writer {
-    pub secs: f64,
-    pub none: f64,
-    pub stamping_on: (f64, i64),
-    pub stamping_off: (f64, i64),
-}
-
 pub async fn run_all(args: Args) -> anyhow::Result<()> {
     eprintln!("pipeline bench: {args:?}");
-    let bench = Bench::start(args.statements).await?;
+    let bench = Bench::start(args.statements, args.fsync).await?;
     let machine = bench.machine().await;
     let mut rep = Report::new(&args, machine);
     // A backstop only: every consumer wait has its own deadline.
@@ -111,7 +115,7 @@ pub async fn run_all(args: Args) -> anyhow::Result<()> {
             }
             3 => rep.snapshot = Some(bounded!(snapshot(&bench, &args))),
             4 => rep.steady = Some(bounded!(steady(&bench, &args))),
-            5 => rep.writer = Some(bounded!(writer(&bench, &args))),
+            5 => rep.writer = Some(bounded!(writer::writer(&bench, &args))),
             _ => {}
         }
         eprintln!(
@@ -125,6 +129,10 @@ pub async fn run_all(args: Args) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `application_name` of calendar-sync's sessions: `calendar-sync` (SQL) and
+/// `calendar-sync-<slot>` (replication).
+const SYNC_APPS: &str = "calendar-sync%";
 
 /// The slot exists, is held by calendar-sync, and its snapshot committed.
 async fn streaming(c: &Client, slot: &str) -> anyhow::Result<bool> {
@@ -145,7 +153,7 @@ async fn count(c: &Client, sql: &str) -> anyhow::Result<i64> {
 }
 
 /// Starts calendar-sync and waits until it streams.
-async fn start_streaming(
+pub async fn start_streaming(
     bench: &Bench,
     db: &Db,
     stamp: bool,
@@ -199,6 +207,7 @@ async fn catch_up_in(
         written.end
     );
     let mut recv_peaks = Peaks::default();
+    let recv_sampler = Sampler::start(db, "pg_recvlogical").await?;
     let recv = workload::drain(
         bench,
         db,
@@ -208,7 +217,8 @@ async fn catch_up_in(
         &mut recv_peaks,
     )
     .await?;
-    eprintln!("  pg_recvlogical: {recv:?}");
+    let recv_cpu = recv_sampler.finish().await.ok();
+    eprintln!("  pg_recvlogical: {recv:?}, walsender CPU {recv_cpu:?}");
     let recv_spill = workload::spill(&db.client, &recv_slot).await;
     drop_slot(&db.client, &recv_slot).await?;
 
@@ -216,6 +226,7 @@ async fn catch_up_in(
     setup::reset_statements(bench, db).await?;
     let xid_before = workload::next_xid(&db.client).await?;
     let mut sync_peaks = Peaks::default();
+    let sampler = Sampler::start(db, SYNC_APPS).await?;
     let mut sync = CalendarSync::spawn(bench, db, args.stamp, "catch-up")?;
     let started = sync.started;
     let applied_at: Cell<Option<Duration>> = Cell::new(None);
@@ -238,6 +249,9 @@ async fn catch_up_in(
             Ok(r.get::<_, bool>(0))
         })
         .await?;
+    let sync_own_cpu = sync.cpu();
+    let sync_cpu = sampler.finish().await.ok();
+    eprintln!("  server CPU {sync_cpu:?}, own CPU {sync_own_cpu:?}");
     let sync_hwm_kib = sync.hwm_kib();
     let metrics = sync.metrics().await.unwrap_or_default();
     let xids = workload::next_xid(&db.client).await? - xid_before;
@@ -257,12 +271,12 @@ async fn catch_up_in(
 
     eprintln!("the set-based reference");
     db.client.batch_execute("vacuum interaction").await?;
-    let set_based = match workload::set_based(db).await {
-        Ok((took, rows)) => {
+    let (set_based, set_based_cpu) = match workload::set_based(db).await {
+        Ok((took, rows, cpu)) => {
             check_rows("set-based reference", rows, shape.rows());
-            Outcome::Done(took)
+            (Outcome::Done(took), cpu)
         }
-        Err(e) => Outcome::Failed(format!("{e:#}")),
+        Err(e) => (Outcome::Failed(format!("{e:#}")), None),
     };
     eprintln!("  set-based: {set_based:?}");
     Ok(CatchUp {
@@ -271,12 +285,16 @@ async fn catch_up_in(
         recv,
         recv_replslot: recv_peaks.replslot_bytes,
         recv_spill,
+        recv_cpu,
         set_based,
+        set_based_cpu,
         sync: outcome,
         sync_applied: applied_at.get(),
         sync_peaks,
         sync_hwm_kib,
         sync_spill,
+        sync_cpu,
+        sync_own_cpu,
         xids,
         savepoints: metric_sum(&metrics, SAVEPOINTS_TOTAL),
         txns_applied: metric_sum(&metrics, TRANSACTIONS_TOTAL),
@@ -322,17 +340,18 @@ async fn snapshot_in(bench: &Bench, args: &Args, db: &Db) -> anyhow::Result<Snap
     eprintln!("  filled in {}", report::secs(filled));
     // First, while no slot exists: its writes are never decoded.
     eprintln!("the set-based reference");
-    let set_based = match workload::set_based(db).await {
-        Ok((took, rows)) => {
+    let (set_based, set_based_cpu) = match workload::set_based(db).await {
+        Ok((took, rows, cpu)) => {
             check_rows("set-based reference", rows, args.size);
-            Outcome::Done(took)
+            (Outcome::Done(took), cpu)
         }
-        Err(e) => Outcome::Failed(format!("{e:#}")),
+        Err(e) => (Outcome::Failed(format!("{e:#}")), None),
     };
     eprintln!("  set-based: {set_based:?}");
     eprintln!("calendar-sync takes the initial snapshot");
     let mut peaks = Peaks::default();
     setup::reset_statements(bench, db).await?;
+    let sampler = Sampler::start(db, SYNC_APPS).await?;
     let mut sync = CalendarSync::spawn(bench, db, args.stamp, "snapshot")?;
     let (client, slot) = (&db.client, db.name.as_str());
     let mut outcome = sync
@@ -343,6 +362,9 @@ async fn snapshot_in(bench: &Bench, args: &Args, db: &Db) -> anyhow::Result<Snap
             || async move { Ok(count_slot(client, slot).await? == 1) },
         )
         .await?;
+    let sync_own_cpu = sync.cpu();
+    let sync_cpu = sampler.finish().await.ok();
+    eprintln!("  server CPU {sync_cpu:?}, own CPU {sync_own_cpu:?}");
     let sync_hwm_kib = sync.hwm_kib();
     if let Outcome::TimedOut { progress, .. } = &mut outcome {
         *progress = "the snapshot had not committed (it is one transaction)".into();
@@ -354,7 +376,10 @@ async fn snapshot_in(bench: &Bench, args: &Args, db: &Db) -> anyhow::Result<Snap
     Ok(Snapshot {
         rows: args.size,
         set_based,
+        set_based_cpu,
         sync: outcome,
+        sync_cpu,
+        sync_own_cpu,
         sync_hwm_kib,
         events,
     })
@@ -453,71 +478,5 @@ async fn steady_in(bench: &Bench, args: &Args, db: &Db) -> anyhow::Result<Steady
         achieved_rate: written as f64 / took.as_secs_f64(),
         latencies,
         unseen: pending.len(),
-    })
-}
-
-/// Two connections committing single-row inserts for `secs`: txn/s.
-async fn write_flat_out(db: &Db, secs: Duration) -> anyhow::Result<f64> {
-    let mut clients = Vec::new();
-    for _ in 0..2 {
-        let c = connect(&db.url).await?;
-        let insert = c.prepare("select bench_insert($1, 1)").await?;
-        clients.push((c, insert));
-    }
-    let mut tasks = Vec::new();
-    let started = Instant::now();
-    for (conn, (c, insert)) in (0i64..).zip(clients) {
-        tasks.push(tokio::spawn(async move {
-            let mut n: i64 = 0;
-            while started.elapsed() < secs {
-                c.query_one(&insert, &[&(conn * 1_000_000_000 + n)]).await?;
-                n += 1;
-            }
-            anyhow::Ok(n)
-        }));
-    }
-    let mut total = 0;
-    for t in tasks {
-        total += t.await.context("a writer task")??;
-    }
-    Ok(total as f64 / started.elapsed().as_secs_f64())
-}
-
-async fn writer(bench: &Bench, args: &Args) -> anyhow::Result<Writer> {
-    eprintln!("writer with nothing consuming");
-    let db = bench.fresh_db("writer_none").await?;
-    let none = write_flat_out(&db, args.writer).await;
-    bench.drop_db(db).await?;
-    let none = none?;
-    let mut streamed = Vec::new();
-    for stamp in [true, false] {
-        eprintln!("writer with calendar-sync streaming, stamping {stamp}");
-        let db = bench
-            .fresh_db(if stamp { "writer_on" } else { "writer_off" })
-            .await?;
-        let run = async {
-            let sync = start_streaming(bench, &db, stamp, "writer").await?;
-            let rate = write_flat_out(&db, args.writer).await?;
-            let lag: i64 = db
-                .client
-                .query_one(
-                    "select coalesce(pg_wal_lsn_diff(pg_current_wal_insert_lsn(), confirmed_flush_lsn), 0)::bigint
-                       from pg_replication_slots where slot_name = $1",
-                    &[&db.name],
-                )
-                .await?
-                .get(0);
-            sync.stop().await?;
-            anyhow::Ok((rate, lag))
-        }
-        .await;
-        bench.drop_db(db).await?;
-        streamed.push(run?);
-    }
-    Ok(Writer {
-        secs: args.writer.as_secs_f64(),
-        none,
-        stamping_on: streamed[0],
-        stamping_off: streamed[1],
     })
 }

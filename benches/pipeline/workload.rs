@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
+use crate::cpu;
 use crate::process::{Outcome, Peaks};
 use crate::setup::{Bench, Db};
 
@@ -207,12 +208,15 @@ select related_id, event_id, 'create', 'success', by, pg_current_wal_insert_lsn(
 ";
 
 /// Times the set-based reference over the database's interactions. Returns
-/// the time and the number of events (= log rows) it wrote.
-pub async fn set_based(db: &Db) -> anyhow::Result<(Duration, u64)> {
+/// the time, the number of events (= log rows) it wrote, and its backend's
+/// CPU time.
+pub async fn set_based(db: &Db) -> anyhow::Result<(Duration, u64, Option<Duration>)> {
     db.client
         .batch_execute(REFERENCE_TABLES)
         .await
         .context("creating the reference's scratch tables")?;
+    let pid = cpu::backend_pid(&db.client).await?;
+    let cpu_before = cpu::proc_cpu(pid);
     let started = Instant::now();
     let rows = db
         .client
@@ -220,10 +224,13 @@ pub async fn set_based(db: &Db) -> anyhow::Result<(Duration, u64)> {
         .await
         .context("the set-based reference statement")?;
     let took = started.elapsed();
+    let cpu = cpu::proc_cpu(pid)
+        .zip(cpu_before)
+        .map(|(after, before)| after.saturating_sub(before));
     db.client
         .batch_execute("drop table bench_events, bench_log")
         .await?;
-    Ok((took, rows))
+    Ok((took, rows, cpu))
 }
 
 /// Creates the pgoutput slot `pg_recvlogical` drains (before the backlog).
@@ -239,8 +246,26 @@ pub async fn create_recv_slot(db: &Db) -> anyhow::Result<String> {
     Ok(slot)
 }
 
-/// Times `pg_recvlogical` draining `slot` to `endpos` into /dev/null, with
-/// pgoutput's own options (proto 1, the publication). Samples `pg_replslot/`.
+/// `pg_recvlogical` draining `slot` into /dev/null with pgoutput's own
+/// options (proto 1, the publication), until killed. Its sessions are named
+/// `pg_recvlogical`.
+pub fn recv_command(bench: &Bench, db: &Db, slot: &str) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(&bench.recvlogical);
+    cmd.args(["-h", "127.0.0.1", "-U", "postgres", "--no-loop", "--start"])
+        .args(["-p", &bench.cluster.port().to_string()])
+        .args(["-d", &db.name, "--slot", slot])
+        .args(["-f", "/dev/null", "-o", "proto_version=1"])
+        .arg("-o")
+        .arg(format!("publication_names={}", db.name))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Times `pg_recvlogical` draining `slot` to `endpos` ([`recv_command`]).
+/// Samples `pg_replslot/`.
 pub async fn drain(
     bench: &Bench,
     db: &Db,
@@ -249,18 +274,8 @@ pub async fn drain(
     timeout: Duration,
     peaks: &mut Peaks,
 ) -> anyhow::Result<Outcome> {
-    let mut cmd = tokio::process::Command::new(&bench.recvlogical);
-    cmd.args(["-h", "127.0.0.1", "-U", "postgres", "--no-loop", "--start"])
-        .args(["-p", &bench.cluster.port().to_string()])
-        .args(["-d", &db.name, "--slot", slot])
-        .arg(format!("--endpos={endpos}"))
-        .args(["-f", "/dev/null", "-o", "proto_version=1"])
-        .arg("-o")
-        .arg(format!("publication_names={}", db.name))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    let mut cmd = recv_command(bench, db, slot);
+    cmd.arg(format!("--endpos={endpos}"));
     let started = Instant::now();
     let mut child = cmd.spawn().context("starting pg_recvlogical")?;
     let replslot = bench.replslot_dir();
