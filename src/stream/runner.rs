@@ -67,6 +67,15 @@ fn pg_time(micros_since_2000: i64) -> DateTime<Utc> {
 /// check) at most this often; the tick releases the rest.
 const RELEASE_EVERY: Duration = Duration::from_millis(500);
 
+/// A batch holding complete source transactions commits once the stream has
+/// been quiet this long (or at its size or age bound). Not at the first
+/// empty read: while catching up, the replication worker refills its buffer
+/// within microseconds, and under a busy CRM the next commit is a fraction
+/// of a millisecond away, so committing at every gap paid a flush (and a
+/// round of stamps) per source transaction (issue 16). At most this much
+/// latency is added to a lone transaction.
+const COMMIT_WHEN_QUIET: Duration = Duration::from_millis(2);
+
 /// How often, between transactions, due failures are retried and the lag
 /// metrics refreshed.
 const TICK: Duration = Duration::from_secs(2);
@@ -166,8 +175,9 @@ impl Streamer<'_> {
         let mut ticks: u32 = 0;
         loop {
             let idle = self.framer.is_idle();
-            // Complete source transactions wait in the batch: commit them as
-            // soon as no more data is waiting (low latency when idle).
+            // Complete source transactions wait in the batch: commit them
+            // once the stream is quiet for COMMIT_WHEN_QUIET (low latency
+            // when idle, few flushes when busy).
             let pending = idle && self.writer.has_uncommitted();
             let next = tokio::select! {
                 biased;
@@ -176,7 +186,7 @@ impl Streamer<'_> {
                 _ = shutdown.changed() => return Ok(()),
                 _ = tick.tick(), if idle => Next::Tick,
                 ev = self.repl.recv() => Next::Event(ev.map_err(|e| SyncError::stream("receiving from the replication stream", e))?),
-                _ = std::future::ready(()), if pending => Next::Commit,
+                _ = tokio::time::sleep(COMMIT_WHEN_QUIET), if pending => Next::Commit,
             };
             // Each piece of work is abandoned when a stop comes (e.g. a
             // statement waiting for a CRM lock): its connections are dropped
