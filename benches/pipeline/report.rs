@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use crate::process::Outcome;
 use crate::rows::{
-    cpu_rows, snapshot_rows, steady_rows, writer_rows, MAX_RATIO, MAX_RSS_MIB, MIN_ROWS_PER_SEC,
+    cpu_rows, snapshot_rows, stamp_rows, steady_rows, writer_rows, MAX_RATIO, MAX_RSS_MIB, MIN_ROWS_PER_SEC,
 };
 use crate::scenario::{CatchUp, Snapshot, Steady};
 use crate::setup::{load_average, Machine};
@@ -199,6 +199,13 @@ impl Report {
             c.set_based_cpu,
             c.sync_cpu,
             c.sync_own_cpu,
+        ));
+        rows.extend(stamp_rows(
+            c.sync.time(),
+            c.set_based.time(),
+            c.sync_cpu,
+            c.set_based_cpu,
+            c.stamp_ref,
         ));
         rows
     }

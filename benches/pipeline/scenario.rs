@@ -35,6 +35,8 @@ pub struct CatchUp {
     pub set_based: Outcome,
     /// The set-based statement's backend.
     pub set_based_cpu: Option<Duration>,
+    /// The set-based stamp (stamping runs only): time and backend CPU.
+    pub stamp_ref: Option<(Duration, Option<Duration>)>,
     /// Until the slot's confirmed_flush_lsn passed the last backlog commit.
     pub sync: Outcome,
     /// Until calendar_sync_progress passed it (committed, not yet confirmed).
@@ -57,6 +59,7 @@ pub struct Snapshot {
     pub rows: u64,
     pub set_based: Outcome,
     pub set_based_cpu: Option<Duration>,
+    pub stamp_ref: Option<(Duration, Option<Duration>)>,
     pub sync: Outcome,
     pub sync_cpu: Option<ServerCpu>,
     pub sync_own_cpu: Option<Duration>,
@@ -279,6 +282,7 @@ async fn catch_up_in(
         Err(e) => (Outcome::Failed(format!("{e:#}")), None),
     };
     eprintln!("  set-based: {set_based:?}");
+    let stamp_ref = stamp_reference(db, args.stamp).await;
     Ok(CatchUp {
         shape,
         written: written.took,
@@ -288,6 +292,7 @@ async fn catch_up_in(
         recv_cpu,
         set_based,
         set_based_cpu,
+        stamp_ref,
         sync: outcome,
         sync_applied: applied_at.get(),
         sync_peaks,
@@ -327,6 +332,24 @@ async fn drop_slot(c: &Client, slot: &str) -> anyhow::Result<()> {
     anyhow::bail!("slot {slot} stayed active for 10 s")
 }
 
+/// The set-based stamp when calendar-sync stamps (`None` with `--no-stamp`,
+/// or when it failed: said on stderr).
+async fn stamp_reference(db: &Db, stamp: bool) -> Option<(Duration, Option<Duration>)> {
+    if !stamp {
+        return None;
+    }
+    match workload::stamp_reference(db).await {
+        Ok(r) => {
+            eprintln!("  set-based stamp: {:?}, backend CPU {:?}", r.0, r.1);
+            Some(r)
+        }
+        Err(e) => {
+            eprintln!("  set-based stamp failed: {e:#}");
+            None
+        }
+    }
+}
+
 async fn snapshot(bench: &Bench, args: &Args) -> anyhow::Result<Snapshot> {
     let db = bench.fresh_db("snapshot").await?;
     let result = snapshot_in(bench, args, &db).await;
@@ -348,6 +371,7 @@ async fn snapshot_in(bench: &Bench, args: &Args, db: &Db) -> anyhow::Result<Snap
         Err(e) => (Outcome::Failed(format!("{e:#}")), None),
     };
     eprintln!("  set-based: {set_based:?}");
+    let stamp_ref = stamp_reference(db, args.stamp).await;
     eprintln!("calendar-sync takes the initial snapshot");
     let mut peaks = Peaks::default();
     setup::reset_statements(bench, db).await?;
@@ -377,6 +401,7 @@ async fn snapshot_in(bench: &Bench, args: &Args, db: &Db) -> anyhow::Result<Snap
         rows: args.size,
         set_based,
         set_based_cpu,
+        stamp_ref,
         sync: outcome,
         sync_cpu,
         sync_own_cpu,

@@ -233,6 +233,35 @@ pub async fn set_based(db: &Db) -> anyhow::Result<(Duration, u64, Option<Duratio
     Ok((took, rows, cpu))
 }
 
+/// The stamp as PostgreSQL itself would write it: one set-based `update` of
+/// `calendar_synced_at` on the interactions the reference made events of,
+/// with triggers off as calendar-sync's stamp runs them
+/// (`session_replication_role = replica`). The stamp is work the contract
+/// asks for (§4, with its index: every stamp is a non-HOT update), which the
+/// events-and-log reference does not do. Returns its time and its backend's
+/// CPU.
+pub async fn stamp_reference(db: &Db) -> anyhow::Result<(Duration, Option<Duration>)> {
+    let pid = cpu::backend_pid(&db.client).await?;
+    let cpu_before = cpu::proc_cpu(pid);
+    let started = Instant::now();
+    db.client
+        .batch_execute(
+            "begin;
+             set local session_replication_role = replica;
+             update interaction set calendar_synced_at = now()
+              where not coalesce(archived, false) and subject is not null
+                and interaction_date >= now() - interval '30 days';
+             commit;",
+        )
+        .await
+        .context("the set-based stamp reference")?;
+    let took = started.elapsed();
+    let cpu = cpu::proc_cpu(pid)
+        .zip(cpu_before)
+        .map(|(after, before)| after.saturating_sub(before));
+    Ok((took, cpu))
+}
+
 /// Creates the pgoutput slot `pg_recvlogical` drains (before the backlog).
 pub async fn create_recv_slot(db: &Db) -> anyhow::Result<String> {
     let slot = format!("{}_recv", db.name);
