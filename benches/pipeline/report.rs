@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 
 use crate::process::Outcome;
 use crate::rows::{
-    cpu_rows, snapshot_rows, stamp_rows, steady_rows, writer_rows, MAX_RATIO, MAX_RSS_MIB, MIN_ROWS_PER_SEC,
+    cpu_rows, snapshot_rows, stamp_rows, steady_rows, writer_rows, MAX_RATIO, MAX_RSS_MIB,
+    MIN_ROWS_PER_SEC,
 };
 use crate::scenario::{CatchUp, Snapshot, Steady};
 use crate::setup::{load_average, Machine};
