@@ -74,6 +74,27 @@ pub enum FatalKind {
     Usage,
 }
 
+impl FatalKind {
+    /// The `kind` field of the JSON log line that ends the process: what a
+    /// log-based alert or a dashboard filters on.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FatalKind::SlotGone => "slot_gone",
+            FatalKind::OwnershipConflict => "ownership_conflict",
+            FatalKind::ProgressConflict => "progress_conflict",
+            FatalKind::PublicationMissing => "publication_missing",
+            FatalKind::SchemaMissing => "schema_missing",
+            FatalKind::SchemaChanged => "schema_changed",
+            FatalKind::Config => "config",
+            FatalKind::Permission => "permission",
+            FatalKind::MalformedStream => "malformed_stream",
+            FatalKind::Refused => "refused",
+            FatalKind::Bug => "bug",
+            FatalKind::Usage => "usage",
+        }
+    }
+}
+
 /// Classifies a tokio-postgres error by the driver's own signals, never by
 /// its text: a SQLSTATE ([`classify_sqlstate`]); `is_closed()` (the
 /// connection task ended); a TLS failure (fatal: it never passes by

@@ -56,13 +56,18 @@ fn main() -> ExitCode {
 }
 
 /// The error that ends the process: as text (`error: ...` and the hint on
-/// its own line), or as one JSON log line with `error` and `hint` fields.
+/// its own line), or as one JSON log line with `error`, `kind`
+/// ([`calendar_sync::error::FatalKind::as_str`]) and `hint` fields.
 fn report_fatal(format: LogFormat, e: &anyhow::Error) {
     match format {
         LogFormat::Text => eprintln!("error: {e:#}"),
         LogFormat::Json => match e.downcast_ref::<SyncError>() {
-            Some(SyncError::Fatal { message, hint, .. }) => {
-                tracing::error!(error = %message, hint = %hint, "fatal error: stopping");
+            Some(SyncError::Fatal {
+                message,
+                hint,
+                kind,
+            }) => {
+                tracing::error!(error = %message, kind = kind.as_str(), hint = %hint, "fatal error: stopping");
             }
             _ => tracing::error!(error = %format!("{e:#}"), "fatal error: stopping"),
         },

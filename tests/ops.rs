@@ -62,6 +62,8 @@ async fn json_logs_are_one_object_per_line_and_carry_the_fatal_error_and_hint() 
         .collect();
     assert_eq!(fatal.len(), 1, "{stderr}");
     assert_eq!(fatal[0]["level"], "ERROR", "{stderr}");
+    // What a log-based alert filters on (FatalKind::as_str).
+    assert_eq!(fatal[0]["fields"]["kind"], "slot_gone", "{stderr}");
     assert!(
         fatal[0]["fields"]["error"]
             .as_str()
