@@ -495,3 +495,98 @@ async fn crm_edits_never_time_out_on_our_locks_during_a_large_snapshot_or_transa
     );
     run.stop().await.expect("clean stop");
 }
+
+/// With synchronous replication configured, the walsender sends a keepalive
+/// for every transaction that touches no published table (PostgreSQL 15+):
+/// beside a CRM busy with other tables, keepalives come far more often than
+/// every 2 ms. They are not data: a lone interaction change is committed
+/// once the stream has sent no *data* for 2 ms (decision 58), within its
+/// batch's age bound, not at the next 2 s tick. (The first version of the
+/// quiet rule counted keepalives: changes waited 0.3-1.1 s.) A liveness
+/// bound, not a speed goal: 1 s is ten times the age bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalives_from_a_crm_busy_elsewhere_do_not_hold_a_lone_change_back() {
+    use calendar_sync::config::SecretUrl;
+    let source = TestDb::crm_in(held_cluster()).await;
+    let target = TestDb::empty_in(held_cluster()).await;
+    source
+        .client
+        .batch_execute("create table crm_elsewhere (id bigserial primary key, v int)")
+        .await
+        .expect("an unpublished table");
+    let mut cfg = source.config();
+    cfg.target_url = Some(SecretUrl::new(target.url.clone()));
+    // A stamp would wait for `ghost` (below); stamps are not what this test
+    // is about.
+    cfg.write_synced_at = Stamping::Off;
+    calendar_sync::migrate::migrate(&cfg)
+        .await
+        .expect("migrate");
+    let slot = cfg.slot.clone();
+    let run = Running::start(cfg);
+    wait_streaming_into(&source, &target, &slot).await;
+    // Then the walsender of this database waits for synchronous replication
+    // (the cluster's standby `ghost`), so it sends a keepalive per skipped
+    // transaction: a new walsender takes the database's setting (the
+    // consumer reconnects by itself; its start wrote to the source before).
+    // Sessions opened before (the test's own) keep `synchronous_commit = off`.
+    source
+        .client
+        .batch_execute(&format!(
+            "alter database {} set synchronous_commit = on",
+            source.name
+        ))
+        .await
+        .expect("synchronous walsender");
+    let old: i32 = source
+        .client
+        .query_one(
+            "select pg_terminate_backend(active_pid)::int * active_pid from pg_replication_slots where slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .expect("the walsender ends")
+        .get(0);
+    source
+        .wait_count(
+            &format!("select count(*) from pg_replication_slots where slot_name = '{slot}' and active and active_pid <> {old}"),
+            1,
+        )
+        .await;
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let (url, busy) = (source.url.clone(), busy.clone());
+        tokio::spawn(async move {
+            let c = connect(&url).await;
+            c.batch_execute("set synchronous_commit = local")
+                .await
+                .expect("local commits");
+            let mut n: u64 = 0;
+            while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                c.batch_execute("insert into crm_elsewhere (v) values (1)")
+                    .await
+                    .expect("a CRM write elsewhere");
+                n += 1;
+            }
+            n
+        })
+    };
+    let mut slowest = Duration::ZERO;
+    for i in 0..10 {
+        let started = std::time::Instant::now();
+        let id = source.insert(&format!("Lone {i}"), "now()", "").await;
+        target.wait_count(&log_rows(id), 1).await;
+        slowest = slowest.max(started.elapsed());
+    }
+    busy.store(false, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.await.expect("writer");
+    assert!(
+        written > 1_000,
+        "the CRM elsewhere wrote only {written} transactions"
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a lone change took {slowest:?} to reach the calendar beside {written} keepalive-only transactions"
+    );
+    run.stop().await.expect("clean stop");
+}

@@ -320,6 +320,13 @@ impl Writer {
         })
     }
 
+    /// When the open batch reaches its age bound (`CALENDAR_SYNC_BATCH_DELAY_MS`).
+    pub fn age_bound(&self) -> Option<Instant> {
+        self.batch
+            .as_ref()
+            .map(|b| b.started + self.limits.max_delay)
+    }
+
     /// A source transaction ended at `end_lsn` (committed at `ts`) inside the
     /// open batch; also one with nothing for us, so that its end is confirmed
     /// with the batch and never before the transactions ahead of it.

@@ -68,12 +68,15 @@ fn pg_time(micros_since_2000: i64) -> DateTime<Utc> {
 const RELEASE_EVERY: Duration = Duration::from_millis(500);
 
 /// A batch holding complete source transactions commits once the stream has
-/// been quiet this long (or at its size or age bound). Not at the first
+/// sent no data for this long (keepalives do not count), or at its age
+/// bound, whichever comes first (or at its size bound). Not at the first
 /// empty read: while catching up, the replication worker refills its buffer
 /// within microseconds, and under a busy CRM the next commit is a fraction
 /// of a millisecond away, so committing at every gap paid a flush (and a
-/// round of stamps) per source transaction (issue 16). At most this much
-/// latency is added to a lone transaction.
+/// round of stamps) per source transaction (issue 16). Keepalives do not
+/// count: with synchronous replication configured, PostgreSQL 15+ sends one
+/// for every transaction that touches no published table, which under a
+/// busy CRM would hold a lone transaction until the next tick.
 const COMMIT_WHEN_QUIET: Duration = Duration::from_millis(2);
 
 /// How often, between transactions, due failures are retried and the lag
@@ -173,20 +176,28 @@ impl Streamer<'_> {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks: u32 = 0;
+        // When the stream last sent data (not a keepalive).
+        let mut last_data = std::time::Instant::now();
         loop {
             let idle = self.framer.is_idle();
             // Complete source transactions wait in the batch: commit them
-            // once the stream is quiet for COMMIT_WHEN_QUIET (low latency
-            // when idle, few flushes when busy).
+            // once the stream has been quiet for COMMIT_WHEN_QUIET, or the
+            // batch reached its age bound (low latency when idle, few
+            // flushes when busy). Due before the next message is read.
             let pending = idle && self.writer.has_uncommitted();
+            let quiet = last_data + COMMIT_WHEN_QUIET;
+            let due = self
+                .writer
+                .age_bound()
+                .map_or(quiet, |aged| aged.min(quiet));
             let next = tokio::select! {
                 biased;
                 // An uncommitted batch is rolled back and replayed on the
                 // next start: committing it could wait on a CRM lock.
                 _ = shutdown.changed() => return Ok(()),
                 _ = tick.tick(), if idle => Next::Tick,
+                _ = tokio::time::sleep_until(due.into()), if pending => Next::Commit,
                 ev = self.repl.recv() => Next::Event(ev.map_err(|e| SyncError::stream("receiving from the replication stream", e))?),
-                _ = tokio::time::sleep(COMMIT_WHEN_QUIET), if pending => Next::Commit,
             };
             // Each piece of work is abandoned when a stop comes (e.g. a
             // statement waiting for a CRM lock): its connections are dropped
@@ -214,6 +225,9 @@ impl Streamer<'_> {
                 }
                 Next::Event(Some(event)) => {
                     self.metrics.server_message();
+                    if !matches!(event, ReplicationEvent::KeepAlive { .. }) {
+                        last_data = std::time::Instant::now();
+                    }
                     unless_stopped(shutdown, self.handle(event)).await
                 }
             };
