@@ -5,13 +5,10 @@
 use std::fmt::Write as _;
 
 use crate::process::Outcome;
-use crate::rows::{
-    cpu_rows, snapshot_rows, stamp_rows, steady_rows, writer_rows, MAX_RATIO, MAX_RSS_MIB,
-    MIN_ROWS_PER_SEC,
-};
+use crate::rows::{snapshot_rows, steady_rows, writer_rows, Costs, MAX_RSS_MIB};
 use crate::scenario::{CatchUp, Snapshot, Steady};
 use crate::setup::{load_average, Machine};
-use crate::table::{markdown_table, met, mib, outcome, rate, row, spill, text_table, thousands};
+use crate::table::{markdown_table, met, mib, row, spill, text_table, thousands};
 use crate::table::{Row, NO_SPILL};
 use crate::workload::Backlog;
 use crate::writer::Writer;
@@ -96,11 +93,17 @@ impl Report {
                 thousands(rows)
             ),
         };
-        let ratio = match (c.sync.time(), c.set_based.time()) {
-            (Some(s), Some(r)) => Some(s.as_secs_f64() / r.as_secs_f64()),
-            _ => None,
+        let costs = Costs {
+            title,
+            rows: rows_n,
+            recv: Some((&c.recv, c.recv_cpu)),
+            set_based: &c.set_based,
+            set_based_cpu: c.set_based_cpu,
+            sync: &c.sync,
+            sync_cpu: c.sync_cpu,
+            sync_own_cpu: c.sync_own_cpu,
+            stamp_ref: c.stamp_ref,
         };
-        let per_sec = c.sync.time().map(|d| rows_n as f64 / d.as_secs_f64());
         let large = n == 2 || n == 6;
         // VmHWM can read a little below a sampled VmRSS; take the larger.
         let rss = c
@@ -116,27 +119,8 @@ impl Report {
                     .unwrap_or_else(|| "?".into())
             ),
         };
-        let mut rows = vec![
-            [
-                title,
-                "time".into(),
-                outcome(&c.recv),
-                outcome(&c.set_based),
-                outcome(&c.sync),
-                ratio.map(|r| format!("{r:.2}x SQL")).unwrap_or_default(),
-                format!("≤ {MAX_RATIO}x SQL"),
-                met(ratio.map(|r| r <= MAX_RATIO)),
-            ],
-            [
-                String::new(),
-                "rows/s".into(),
-                rate(rows_n, &c.recv),
-                rate(rows_n, &c.set_based),
-                rate(rows_n, &c.sync),
-                String::new(),
-                format!("≥ {} rows/s", thousands(MIN_ROWS_PER_SEC as u64)),
-                met(per_sec.map(|r| r >= MIN_ROWS_PER_SEC)),
-            ],
+        let mut rows = costs.time_rows();
+        rows.extend([
             [
                 String::new(),
                 "peak RSS (VmHWM)".into(),
@@ -193,21 +177,8 @@ impl Report {
                 String::new(),
                 String::new(),
             ],
-        ];
-        rows.extend(cpu_rows(
-            rows_n,
-            Some(c.recv_cpu),
-            c.set_based_cpu,
-            c.sync_cpu,
-            c.sync_own_cpu,
-        ));
-        rows.extend(stamp_rows(
-            c.sync.time(),
-            c.set_based.time(),
-            c.sync_cpu,
-            c.set_based_cpu,
-            c.stamp_ref,
-        ));
+        ]);
+        rows.extend(costs.cost_rows());
         rows
     }
 

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::cpu::ServerCpu;
+use crate::process::Outcome;
 use crate::scenario::{Snapshot, Steady};
 use crate::table::{met, ms, outcome, rate, row, thousands, Row};
 use crate::writer::Writer;
@@ -18,29 +19,111 @@ pub const MIN_WRITER_SHARE: f64 = 0.70;
 /// Server CPU of calendar-sync's sessions against the set-based statement's.
 pub const MAX_CPU_RATIO: f64 = 1.8;
 
+/// What a catch-up and the snapshot share: calendar-sync against its
+/// references, in time, rate and cost.
+pub struct Costs<'a> {
+    pub title: String,
+    pub rows: u64,
+    /// pg_recvlogical's drain and walsender (none for the snapshot).
+    pub recv: Option<(&'a Outcome, Option<ServerCpu>)>,
+    pub set_based: &'a Outcome,
+    pub set_based_cpu: Option<Duration>,
+    pub sync: &'a Outcome,
+    pub sync_cpu: Option<ServerCpu>,
+    pub sync_own_cpu: Option<Duration>,
+    pub stamp_ref: Option<(Duration, Option<Duration>)>,
+}
+
+impl Costs<'_> {
+    /// The time and rows/s rows, with their goals.
+    pub fn time_rows(&self) -> Vec<Row> {
+        let ratio = match (self.sync.time(), self.set_based.time()) {
+            (Some(a), Some(b)) => Some(a.as_secs_f64() / b.as_secs_f64()),
+            _ => None,
+        };
+        let per_sec = self.sync.time().map(|d| self.rows as f64 / d.as_secs_f64());
+        let (recv_time, recv_rate) = match self.recv {
+            Some((o, _)) => (outcome(o), rate(self.rows, o)),
+            None => ("—".into(), String::new()),
+        };
+        vec![
+            [
+                self.title.clone(),
+                "time".into(),
+                recv_time,
+                outcome(self.set_based),
+                outcome(self.sync),
+                ratio.map(|r| format!("{r:.2}x SQL")).unwrap_or_default(),
+                format!("≤ {MAX_RATIO}x SQL"),
+                met(ratio.map(|r| r <= MAX_RATIO)),
+            ],
+            [
+                String::new(),
+                "rows/s".into(),
+                recv_rate,
+                rate(self.rows, self.set_based),
+                rate(self.rows, self.sync),
+                String::new(),
+                format!("≥ {} rows/s", thousands(MIN_ROWS_PER_SEC as u64)),
+                met(per_sec.map(|r| r >= MIN_ROWS_PER_SEC)),
+            ],
+        ]
+    }
+
+    /// The server and process CPU rows, then the rows against reference +
+    /// stamp.
+    pub fn cost_rows(&self) -> Vec<Row> {
+        let mut rows = cpu_rows(
+            self.rows,
+            self.recv.map(|(_, cpu)| cpu),
+            self.set_based_cpu,
+            self.sync_cpu,
+            self.sync_own_cpu,
+        );
+        rows.extend(stamp_rows(
+            self.sync.time(),
+            self.set_based.time(),
+            self.sync_cpu,
+            self.set_based_cpu,
+            self.stamp_ref,
+        ));
+        rows
+    }
+}
+
 pub fn snapshot_rows(s: &Snapshot) -> Vec<Row> {
-    let mut rows = snapshot_time_rows(s);
-    rows.extend(cpu_rows(
-        s.rows,
-        None,
-        s.set_based_cpu,
-        s.sync_cpu,
-        s.sync_own_cpu,
-    ));
-    rows.extend(stamp_rows(
-        s.sync.time(),
-        s.set_based.time(),
-        s.sync_cpu,
-        s.set_based_cpu,
-        s.stamp_ref,
-    ));
+    let costs = Costs {
+        title: format!("3. snapshot of {} rows", thousands(s.rows)),
+        rows: s.rows,
+        recv: None,
+        set_based: &s.set_based,
+        set_based_cpu: s.set_based_cpu,
+        sync: &s.sync,
+        sync_cpu: s.sync_cpu,
+        sync_own_cpu: s.sync_own_cpu,
+        stamp_ref: s.stamp_ref,
+    };
+    let mut rows = costs.time_rows();
+    rows.push([
+        String::new(),
+        "peak RSS (VmHWM)".into(),
+        String::new(),
+        String::new(),
+        s.sync_hwm_kib
+            .map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
+            .unwrap_or_else(|| "?".into()),
+        String::new(),
+        String::new(),
+        String::new(),
+    ]);
+    rows.extend(costs.cost_rows());
     rows
 }
 
 /// calendar-sync against the reference that also stamps (the set-based
 /// statement plus one set-based `update` of `calendar_synced_at`: the work
 /// the contract asks for), when calendar-sync stamped.
-pub fn stamp_rows(
+fn stamp_rows(
     sync_time: Option<Duration>,
     set_based: Option<Duration>,
     sync_cpu: Option<ServerCpu>,
@@ -89,48 +172,6 @@ pub fn stamp_rows(
                 .unwrap_or_default(),
             format!("≤ {MAX_CPU_RATIO}x SQL+stamp"),
             met(cpu_ratio.map(|r| r <= MAX_CPU_RATIO)),
-        ],
-    ]
-}
-
-fn snapshot_time_rows(s: &Snapshot) -> Vec<Row> {
-    let ratio = match (s.sync.time(), s.set_based.time()) {
-        (Some(a), Some(b)) => Some(a.as_secs_f64() / b.as_secs_f64()),
-        _ => None,
-    };
-    let per_sec = s.sync.time().map(|d| s.rows as f64 / d.as_secs_f64());
-    vec![
-        [
-            format!("3. snapshot of {} rows", thousands(s.rows)),
-            "time".into(),
-            "—".into(),
-            outcome(&s.set_based),
-            outcome(&s.sync),
-            ratio.map(|r| format!("{r:.2}x SQL")).unwrap_or_default(),
-            format!("≤ {MAX_RATIO}x SQL"),
-            met(ratio.map(|r| r <= MAX_RATIO)),
-        ],
-        [
-            String::new(),
-            "rows/s".into(),
-            String::new(),
-            rate(s.rows, &s.set_based),
-            rate(s.rows, &s.sync),
-            String::new(),
-            format!("≥ {} rows/s", thousands(MIN_ROWS_PER_SEC as u64)),
-            met(per_sec.map(|r| r >= MIN_ROWS_PER_SEC)),
-        ],
-        [
-            String::new(),
-            "peak RSS (VmHWM)".into(),
-            String::new(),
-            String::new(),
-            s.sync_hwm_kib
-                .map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
-                .unwrap_or_else(|| "?".into()),
-            String::new(),
-            String::new(),
-            String::new(),
         ],
     ]
 }

@@ -215,18 +215,13 @@ pub async fn set_based(db: &Db) -> anyhow::Result<(Duration, u64, Option<Duratio
         .batch_execute(REFERENCE_TABLES)
         .await
         .context("creating the reference's scratch tables")?;
-    let pid = cpu::backend_pid(&db.client).await?;
-    let cpu_before = cpu::proc_cpu(pid);
-    let started = Instant::now();
-    let rows = db
-        .client
-        .execute(REFERENCE, &[])
-        .await
-        .context("the set-based reference statement")?;
-    let took = started.elapsed();
-    let cpu = cpu::proc_cpu(pid)
-        .zip(cpu_before)
-        .map(|(after, before)| after.saturating_sub(before));
+    let (rows, took, cpu) = on_backend(db, async {
+        db.client
+            .execute(REFERENCE, &[])
+            .await
+            .context("the set-based reference statement")
+    })
+    .await?;
     db.client
         .batch_execute("drop table bench_events, bench_log")
         .await?;
@@ -241,25 +236,38 @@ pub async fn set_based(db: &Db) -> anyhow::Result<(Duration, u64, Option<Duratio
 /// events-and-log reference does not do. Returns its time and its backend's
 /// CPU.
 pub async fn stamp_reference(db: &Db) -> anyhow::Result<(Duration, Option<Duration>)> {
+    let ((), took, cpu) = on_backend(db, async {
+        db.client
+            .batch_execute(
+                "begin;
+                 set local session_replication_role = replica;
+                 update interaction set calendar_synced_at = now()
+                  where not coalesce(archived, false) and subject is not null
+                    and interaction_date >= now() - interval '30 days';
+                 commit;",
+            )
+            .await
+            .context("the set-based stamp reference")
+    })
+    .await?;
+    Ok((took, cpu))
+}
+
+/// Runs `work` on `db.client` and returns its result, its time and the CPU
+/// its server backend used meanwhile.
+async fn on_backend<T>(
+    db: &Db,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<(T, Duration, Option<Duration>)> {
     let pid = cpu::backend_pid(&db.client).await?;
     let cpu_before = cpu::proc_cpu(pid);
     let started = Instant::now();
-    db.client
-        .batch_execute(
-            "begin;
-             set local session_replication_role = replica;
-             update interaction set calendar_synced_at = now()
-              where not coalesce(archived, false) and subject is not null
-                and interaction_date >= now() - interval '30 days';
-             commit;",
-        )
-        .await
-        .context("the set-based stamp reference")?;
+    let out = work.await?;
     let took = started.elapsed();
     let cpu = cpu::proc_cpu(pid)
         .zip(cpu_before)
         .map(|(after, before)| after.saturating_sub(before));
-    Ok((took, cpu))
+    Ok((out, took, cpu))
 }
 
 /// Creates the pgoutput slot `pg_recvlogical` drains (before the backlog).
