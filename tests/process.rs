@@ -161,3 +161,47 @@ async fn migrate_refuses_a_replica_identity_the_column_list_cannot_cover() {
         .await
         .expect("CRM delete works");
 }
+
+/// The README's first command: `calendar-sync demo` starts its own
+/// PostgreSQL, shows every kind of change reach the calendar, and exits 0.
+/// Its interactions are at fixed times of day in the zone it prints (issue
+/// 15, point 7), so the first screen reads the same whenever it runs.
+#[test]
+fn the_demo_runs_on_its_own_and_shows_fixed_times_of_day() {
+    let out = binary()
+        .arg("demo")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run the demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = |title: &str, time: &str| {
+        stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with(title) && l.contains(time))
+    };
+    assert!(row("Renewal call ", "12:00-12:15"), "{stdout}");
+    assert!(row("Quarterly review ", "10:00-11:00"), "{stdout}");
+    assert!(
+        row("Quarterly review (moved to 14:00)", "14:00-15:00"),
+        "{stdout}"
+    );
+    assert!(row("Site visit ", "09:00-10:30"), "{stdout}");
+    assert!(
+        !stdout.contains("Old visit"),
+        "the 90-day-old visit stays out: {stdout}"
+    );
+    for action in ["create", "update", "cancel", "delete"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with(action) && l.contains("success")),
+            "a {action} in the log: {stdout}"
+        );
+    }
+}

@@ -1,5 +1,8 @@
 //! `calendar-sync demo`: a throw-away PostgreSQL, a small CRM, the sync running,
-//! and the calendar printed as interactions change.
+//! and the calendar printed as interactions change. The interactions are on
+//! the coming days at fixed times of day in UTC, the zone the demo prints
+//! (issue 15, point 7): a newcomer's first screen shows a review at 10:00,
+//! not at whatever hour the demo happened to start.
 
 use std::time::Duration;
 
@@ -23,11 +26,11 @@ insert into contact (contact_id, customer_id, first_name, last_name, email) valu
   ('00000000-0000-4000-8000-0000000000d1', '00000000-0000-4000-8000-0000000000c1', 'Ada', 'Lovelace', 'ada@acme.test');
 insert into interaction (interaction_type, subject, interaction_date, customer_id, contact_id, location,
                          duration_minutes, private_notes, created_by) values
-  ('meeting', 'Quarterly review', date_trunc('hour', now()) + interval '2 days 10 hours', '00000000-0000-4000-8000-0000000000c1',
+  ('meeting', 'Quarterly review', (date_trunc('day', now() at time zone 'UTC') + interval '2 days 10 hours') at time zone 'UTC', '00000000-0000-4000-8000-0000000000c1',
    '00000000-0000-4000-8000-0000000000d1', 'Acme HQ', 60, 'never shown', '00000000-0000-4000-8000-000000000001'),
-  ('phone', 'Renewal call', date_trunc('hour', now()) + interval '1 day', '00000000-0000-4000-8000-0000000000c2',
+  ('phone', 'Renewal call', (date_trunc('day', now() at time zone 'UTC') + interval '1 day 12 hours') at time zone 'UTC', '00000000-0000-4000-8000-0000000000c2',
    null, null, 15, null, '00000000-0000-4000-8000-000000000001'),
-  ('visit', 'Old visit (outside the 30-day window)', now() - interval '90 days', '00000000-0000-4000-8000-0000000000c2',
+  ('visit', 'Old visit (outside the 30-day window)', (date_trunc('day', now() at time zone 'UTC') - interval '90 days' + interval '10 hours') at time zone 'UTC', '00000000-0000-4000-8000-0000000000c2',
    null, 'Globex plant', 0, null, '00000000-0000-4000-8000-000000000001');
 ";
 
@@ -70,7 +73,7 @@ pub async fn run() -> anyhow::Result<()> {
 
     crm.batch_execute(
         "insert into interaction (interaction_type, subject, interaction_date, customer_id, duration_minutes, created_by)
-         values ('visit', 'Site visit', date_trunc('hour', now()) + interval '3 days 14 hours',
+         values ('visit', 'Site visit', (date_trunc('day', now() at time zone 'UTC') + interval '3 days 9 hours') at time zone 'UTC',
                  '00000000-0000-4000-8000-0000000000c2', 90, '00000000-0000-4000-8000-000000000001')",
     )
     .await?;
