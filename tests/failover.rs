@@ -203,14 +203,7 @@ async fn status_of(db: &TestDb) -> (Option<i32>, String) {
         .await
         .expect("status task")
         .expect("status output");
-    (
-        out.status.code(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    code_and_text(&out)
 }
 
 /// A random workload; midway the primary dies, the standby is promoted and

@@ -13,14 +13,7 @@ fn healthcheck(addr: &str) -> (Option<i32>, String) {
         .env("CALENDAR_SYNC_HTTP_ADDR", addr)
         .output()
         .expect("run healthcheck");
-    (
-        out.status.code(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    code_and_text(&out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,11 +194,7 @@ async fn libpq_variables_connect_and_the_password_never_shows() {
     };
     let outputs = std::cell::RefCell::new(Vec::new());
     let check = |what: &str, out: std::process::Output, ok: bool| {
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (_, text) = code_and_text(&out);
         assert_eq!(out.status.success(), ok, "{what}: {text}");
         outputs.borrow_mut().push((what.to_string(), text));
     };

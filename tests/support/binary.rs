@@ -17,6 +17,18 @@ pub fn binary() -> Command {
     c
 }
 
+/// A finished command's exit code and its stdout then stderr as one text.
+pub fn code_and_text(out: &std::process::Output) -> (Option<i32>, String) {
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// [`binary`] for `db`: its URL, and its name as slot and publication.
 pub fn binary_for(db: &TestDb) -> Command {
     let mut c = binary();
